@@ -1,0 +1,149 @@
+"""ega-admin: the operators' tool.
+
+    ega-admin db migrate            create or upgrade the database schema (idempotent)
+    ega-admin db version            the schema version in place
+    ega-admin file USER FILEPATH    one file: status, ids, sizes, checksums, history
+    ega-admin keys generate         a Crypt4GH key pair for the archive
+
+``--json`` prints machine-readable output instead of text.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from . import config as lega_config
+from .db import Database, wait_until_reachable
+
+
+def file_report(db, user, filepath):
+    """What ``ega-admin file`` shows: None if the path never had a file."""
+    file = db.latest_file(user, filepath)
+    if file is None:
+        return None
+    decrypted = db.checksums(file["id"], "decrypted")
+    return {
+        "file_id": str(file["id"]),
+        "user": file["submission_user"],
+        "filepath": file["filepath"],
+        "status": file["status"],
+        "accession_id": file["accession_id"],
+        "archive_path": file["archive_path"],
+        "archive_size": file["archive_size"],
+        "upload_size": file["upload_size"],
+        "decrypted_size": file["decrypted_size"],
+        "decrypted_checksums": [{"type": k, "value": decrypted[k]}
+                                for k in ("sha256", "md5") if k in decrypted],
+        "encrypted_checksums": [{"type": k, "value": v}
+                                for k, v in sorted(db.checksums(file["id"], "uploaded").items())],
+        "archived_checksums": [{"type": k, "value": v}
+                               for k, v in sorted(db.checksums(file["id"], "archived").items())],
+        "error": file["error_reason"],
+        "error_code": file["error_code"],
+        "created_at": file["created_at"].isoformat(),
+        "updated_at": file["updated_at"].isoformat(),
+        "history": [{"at": e["at"].isoformat(), "status": e["status"], "worker": e["worker"],
+                     "error_code": e["error_code"], "reason": e["error_reason"]}
+                    for e in db.events(file["id"])],
+    }
+
+
+def print_report(report):
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        if key == "history":
+            continue
+        if isinstance(value, list):
+            value = ", ".join(f"{c['type']}:{c['value']}" for c in value) or "-"
+        print(f"{key:<{width}}  {'-' if value is None else value}")
+    print("history:")
+    for event in report["history"]:
+        line = f"  {event['at']}  {event['status']:<9}  {event['worker']}"
+        if event["error_code"] or event["reason"]:
+            line += f"  {event['error_code'] or ''} {event['reason'] or ''}".rstrip()
+        print(line)
+
+
+def generate_keys(secret_path, public_path, passphrase):
+    """A Crypt4GH key pair; the private key is passphrase-protected unless it is empty."""
+    from crypt4gh.keys import c4gh
+
+    for path in (secret_path, public_path):
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} exists already; not overwriting a key")
+    os.makedirs(os.path.dirname(os.path.abspath(secret_path)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(public_path)), exist_ok=True)
+    c4gh.generate(secret_path, public_path, passphrase.encode() if passphrase else None,
+                  b"LocalEGA archive key")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="ega-admin", description="LocalEGA operators' tool")
+    parser.add_argument("--conf", help="configuration file (default: $LEGA_CONF, else the "
+                                       "embedded defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db_parser = sub.add_parser("db", help="the database schema")
+    db_sub = db_parser.add_subparsers(dest="db_command", required=True)
+    migrate = db_sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    migrate.add_argument("--wait", type=float, default=0,
+                         help="wait up to this many seconds for the database to come up")
+    db_sub.add_parser("version", help="the schema version in place")
+
+    file_parser = sub.add_parser("file", help="show one file")
+    file_parser.add_argument("user")
+    file_parser.add_argument("filepath")
+    file_parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    keys_parser = sub.add_parser("keys", help="archive keys")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="create a Crypt4GH key pair")
+    gen.add_argument("--sk", required=True, help="private key file to create")
+    gen.add_argument("--pk", required=True, help="public key file to create")
+    gen.add_argument("--passphrase-file", help="protect the private key with the passphrase "
+                                               "in this file")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "keys":
+            passphrase = None
+            if args.passphrase_file:
+                with open(args.passphrase_file, encoding="utf-8") as f:
+                    passphrase = f.read().rstrip("\r\n")
+            generate_keys(args.sk, args.pk, passphrase)
+            print(f"created {args.sk} and {args.pk}")
+            return 0
+
+        config = lega_config.load(args.conf)
+        db = Database(config["db.dsn"], worker="ega-admin")
+        if args.command == "db":
+            if args.db_command == "migrate":
+                wait_until_reachable(db, args.wait)
+                applied = db.migrate()
+                print("applied: " + ", ".join(applied) if applied else "schema up to date",
+                      f"(version {db.schema_version()})")
+            else:
+                print(db.schema_version())
+            return 0
+
+        report = file_report(db, args.user, args.filepath)
+        if report is None:
+            print(f"no file {args.filepath!r} for user {args.user!r}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print_report(report)
+        return 0
+    except lega_config.ConfigError as e:
+        print(f"ega-admin: configuration error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a clear line for the operator, not a traceback
+        message = str(e).strip() or e.__class__.__name__
+        print(f"ega-admin: {lega_config.redact(message)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

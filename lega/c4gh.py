@@ -1,0 +1,220 @@
+"""Crypt4GH handling (GA4GH file encryption standard, version 1).
+
+A Crypt4GH file is a header followed by the encrypted body::
+
+    header  = "crypt4gh" | version (u32 LE, = 1) | packet count (u32 LE) | packets
+    packet  = length (u32 LE, itself included) | method (u32 LE, 0 = X25519+ChaCha20-Poly1305)
+              | writer's public key (32) | nonce (12) | encrypted payload + MAC (16)
+    payload = type (u32 LE): 0 = data encryption parameters: method (u32, 0) | session key (32)
+                             1 = data edit list
+    body    = segments of nonce (12) | ChaCha20-Poly1305 of up to 64 KiB | MAC (16)
+
+Ingest only splits the header off (``read_header``, no key needed, sizes bounded);
+verify decrypts it with the archive's private keys (``session_keys``) and decrypts
+the body segment by segment (``BodyDecryptor``).
+"""
+
+import hashlib
+import struct
+
+import crypt4gh.keys
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from .config import ConfigError
+from .errors import CORRUPT, EDIT_LIST, NOT_CRYPT4GH, WRONG_KEY, UserError
+
+MAGIC = b"crypt4gh"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sII")  # magic, version, packet count
+SEGMENT_SIZE = 65536
+NONCE_SIZE = 12
+MAC_SIZE = 16
+CIPHER_SEGMENT_SIZE = NONCE_SIZE + SEGMENT_SIZE + MAC_SIZE
+X25519_CHACHA20 = 0
+PACKET_DATA_ENC = 0
+PACKET_EDIT_LIST = 1
+# smallest packet: length, method, public key, nonce, MAC around a 0-byte payload
+MIN_PACKET_SIZE = 4 + 4 + 32 + NONCE_SIZE + MAC_SIZE
+
+
+def _read_exactly(stream, size):
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def read_header(stream, max_size, max_packets):
+    """Read the header off the start of ``stream``, leaving it at the body.
+
+    No key is used: this only checks the framing and returns the header bytes. A
+    stream that is not Crypt4GH, or whose header is malformed or beyond the bounds,
+    is the submitter's error.
+    """
+    preamble = _read_exactly(stream, PREAMBLE.size)
+    if len(preamble) < PREAMBLE.size or not preamble.startswith(MAGIC):
+        raise UserError(NOT_CRYPT4GH, "The file is not a Crypt4GH file (it does not start with "
+                                      "the Crypt4GH magic bytes); encrypt it with crypt4gh for "
+                                      "this archive's public key.")
+    _, version, count = PREAMBLE.unpack(preamble)
+    if version != VERSION:
+        raise UserError(NOT_CRYPT4GH, f"The file is Crypt4GH version {version}; only version "
+                                      f"{VERSION} is supported.")
+    if count == 0:
+        raise UserError(CORRUPT, "The Crypt4GH header has no packets, so no key can open it.")
+    if count > max_packets:
+        raise UserError(CORRUPT, f"The Crypt4GH header has {count} packets, more than the "
+                                 f"{max_packets} this archive accepts.")
+    header = bytearray(preamble)
+    for i in range(count):
+        raw_length = _read_exactly(stream, 4)
+        if len(raw_length) < 4:
+            raise UserError(CORRUPT, "The Crypt4GH header is truncated.")
+        (length,) = struct.unpack("<I", raw_length)
+        if length < MIN_PACKET_SIZE:
+            raise UserError(CORRUPT, f"Header packet {i + 1} has an impossible length ({length}).")
+        if len(header) + length > max_size:
+            raise UserError(CORRUPT, f"The Crypt4GH header is larger than the {max_size} bytes "
+                                     "this archive accepts.")
+        packet = _read_exactly(stream, length - 4)
+        if len(packet) < length - 4:
+            raise UserError(CORRUPT, "The Crypt4GH header is truncated.")
+        header += raw_length + packet
+    return bytes(header)
+
+
+def header_packets(header):
+    """The packets (length prefix removed) of a header that ``read_header`` accepted."""
+    _, _, count = PREAMBLE.unpack_from(header)
+    offset = PREAMBLE.size
+    for _ in range(count):
+        (length,) = struct.unpack_from("<I", header, offset)
+        yield header[offset + 4:offset + length]
+        offset += length
+
+
+def _shared_key(private_key, writer_public):
+    """The key the writer derived for us (libsodium crypto_kx: we are the client)."""
+    ours = private_key.public_key().public_bytes_raw()
+    dh = private_key.exchange(X25519PublicKey.from_public_bytes(writer_public))
+    return hashlib.blake2b(dh + ours + writer_public, digest_size=64).digest()[:32]
+
+
+def _open_packet(packet, private_keys):
+    """The plaintext of a header packet, or None if none of our keys opens it."""
+    (method,) = struct.unpack_from("<I", packet)
+    if method != X25519_CHACHA20 or len(packet) < MIN_PACKET_SIZE - 4:
+        return None
+    writer_public, nonce, sealed = packet[4:36], packet[36:48], packet[48:]
+    for key in private_keys:
+        try:
+            return ChaCha20Poly1305(_shared_key(key, writer_public)).decrypt(nonce, sealed, None)
+        except (InvalidTag, ValueError):
+            continue
+    return None
+
+
+def session_keys(header, private_keys):
+    """Decrypt the header with any of our private keys; the body's session keys.
+
+    Files with an edit list are refused: the archive keeps whole files only.
+    """
+    keys = []
+    for packet in header_packets(header):
+        plain = _open_packet(packet, private_keys)
+        if plain is None:
+            continue  # for another recipient
+        if len(plain) < 4:
+            raise UserError(CORRUPT, "A Crypt4GH header packet is empty.")
+        (kind,) = struct.unpack_from("<I", plain)
+        if kind == PACKET_EDIT_LIST:
+            raise UserError(EDIT_LIST, "The file has a Crypt4GH edit list; the archive accepts "
+                                       "whole files only: encrypt it again without a range.")
+        if kind != PACKET_DATA_ENC or len(plain) != 40:
+            raise UserError(CORRUPT, f"A Crypt4GH header packet has an unknown type ({kind}).")
+        (method,) = struct.unpack_from("<I", plain, 4)
+        if method != 0:
+            raise UserError(CORRUPT, f"The data encryption method {method} is not supported.")
+        keys.append(plain[8:40])
+    if not keys:
+        raise UserError(WRONG_KEY, "The file is not encrypted for this archive: none of its "
+                                   "header packets opens with the archive's key; encrypt it "
+                                   "for the archive's public key.")
+    return keys
+
+
+def load_private_keys(key_settings):
+    """The archive's private keys from the ``keys`` settings (path and passphrase or
+    passphrase_file each); a key that cannot be read stops the worker at start."""
+    keys = []
+    for i, setting in enumerate(key_settings):
+        path = setting["path"]
+        passphrase = setting.get("passphrase")
+        if passphrase is None and setting.get("passphrase_file"):
+            try:
+                with open(setting["passphrase_file"], encoding="utf-8") as f:
+                    passphrase = f.read().rstrip("\r\n")
+            except OSError as e:
+                raise ConfigError(f"keys[{i}].passphrase_file: cannot read "
+                                  f"{setting['passphrase_file']}: {e.strerror}") from None
+        try:
+            raw = crypt4gh.keys.get_private_key(path, lambda: passphrase or "")
+        except OSError as e:
+            raise ConfigError(f"keys[{i}].path: cannot read {path}: {e.strerror}") from None
+        except (SystemExit, Exception):  # crypt4gh exits on a wrong passphrase
+            raise ConfigError(f"keys[{i}]: {path} is not a Crypt4GH private key, or the "
+                              "passphrase is wrong") from None
+        keys.append(X25519PrivateKey.from_private_bytes(bytes(raw)))
+    if not keys:
+        raise ConfigError("keys: verify needs at least one private key")
+    return keys
+
+
+class BodyDecryptor:
+    """Feed the encrypted body in any chunking; get the plaintext back in order.
+
+    Each complete segment is authenticated and decrypted; ``finish`` handles the last,
+    shorter one. A segment that no session key opens is the submitter's error.
+    """
+
+    def __init__(self, keys):
+        self.ciphers = [ChaCha20Poly1305(bytes(k)) for k in keys]
+        self.pending = bytearray()
+        self.segments = 0
+
+    def _decrypt(self, segment):
+        if len(segment) <= NONCE_SIZE + MAC_SIZE:
+            raise UserError(CORRUPT, "The file is truncated: its last segment is too short to "
+                                     "be a Crypt4GH segment.")
+        nonce, sealed = bytes(segment[:NONCE_SIZE]), bytes(segment[NONCE_SIZE:])
+        for cipher in self.ciphers:
+            try:
+                plain = cipher.decrypt(nonce, sealed, None)
+                self.segments += 1
+                return plain
+            except InvalidTag:
+                continue
+        raise UserError(CORRUPT, f"Segment {self.segments + 1} of the file does not decrypt: the "
+                                 "file was altered or truncated after encryption; upload it again.")
+
+    def update(self, chunk):
+        """Decrypt the segments ``chunk`` completes; returns a list of plaintext pieces."""
+        self.pending += chunk
+        whole = len(self.pending) - len(self.pending) % CIPHER_SEGMENT_SIZE
+        out = [self._decrypt(self.pending[start:start + CIPHER_SEGMENT_SIZE])
+               for start in range(0, whole, CIPHER_SEGMENT_SIZE)]
+        del self.pending[:whole]
+        return out
+
+    def finish(self):
+        """Decrypt the last segment."""
+        if not self.pending:
+            return []
+        last, self.pending = self._decrypt(self.pending), bytearray()
+        return [last]

@@ -1,0 +1,258 @@
+"""Configuration: one YAML file, overridden by ``LEGA_<SECTION>_<KEY>`` variables.
+
+The file is named by ``--conf PATH`` or ``LEGA_CONF``. Without one, the embedded
+defaults below are used: a local RabbitMQ and PostgreSQL, and an inbox, a POSIX vault
+and keys under ``data/`` of the current directory (what ``make demo`` uses).
+
+Every setting ``a.b`` can be overridden by ``LEGA_A_B``, and every string setting can
+instead be read from a file named by ``a.b_file`` (or ``LEGA_A_B_FILE``), which is how
+secrets are handed to containers. Settings nobody knows are refused, so a typo is an
+error at start-up and not a silent default.
+"""
+
+import copy
+import os
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+DEFAULTS = {
+    "broker": {
+        # vhost included: one vhost per LocalEGA
+        "url": "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "heartbeat": 60,
+        # how long to wait between reconnection attempts (seconds, doubled up to the max)
+        "reconnect_delay": 1.0,
+        "reconnect_max_delay": 30.0,
+    },
+    "db": {
+        "dsn": "postgresql://lega:lega@127.0.0.1:5432/lega",
+    },
+    "inbox": {
+        "location": "data/inbox",
+    },
+    "vault": {
+        "driver": "posix",
+        "location": "data/vault",
+        "s3": {
+            "endpoint": "",
+            "bucket": "",
+            "access_key": "",
+            "secret_key": "",
+            "region": "us-east-1",
+        },
+    },
+    # verify's private keys, for rotation several may be given
+    "keys": [
+        {"path": "data/keys/archive.sec", "passphrase_file": "data/keys/archive.pass"},
+    ],
+    "retry": {
+        # a transient failure is retried after these delays (seconds), the last one
+        # repeating, until max_attempts; then the message is parked for operators
+        "delays": [1, 5, 30, 120, 600],
+        "max_attempts": 12,
+    },
+    "ingest": {
+        "max_header_size": 1024 * 1024,
+        "max_header_packets": 1000,
+        "chunk_size": 1024 * 1024,
+    },
+    "log": {
+        "level": "INFO",
+    },
+}
+
+# settings whose values are secrets: never printed as they are
+SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key"}
+
+LIST_SETTINGS = {"keys", "retry.delays"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it."""
+
+
+def _flatten(tree, prefix=""):
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, path + ".")
+        else:
+            yield path, value
+
+
+def _env_name(path):
+    return "LEGA_" + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
+
+
+def _read_secret_file(setting, filename):
+    try:
+        with open(filename, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"{setting}_file: cannot read {filename}: {e.strerror}") from None
+
+
+def _coerce(path, value, default):
+    """Turn a value from the file or the environment into the default's type."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        try:
+            number = type(default)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{path}: must not be negative, got {value!r}")
+        return number
+    if isinstance(default, list):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not a valid list: {e}") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{path}: expected a single value, got {value!r}")
+    return str(value)
+
+
+def _set(tree, path, value):
+    *parents, leaf = path.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+class Config:
+    """The resolved settings; ``config["vault.s3.bucket"]`` reads one."""
+
+    def __init__(self, values, source):
+        self._values = values
+        self.source = source
+
+    def __getitem__(self, path):
+        node = self._values
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    def as_dict(self, redacted=True):
+        values = copy.deepcopy(self._values)
+        if redacted:
+            for path in SECRETS:
+                current = Config(values, self.source)[path]
+                _set(values, path, redact(current) if "://" in current or "=" in current
+                     else ("***" if current else ""))
+            for key in values.get("keys", []):
+                if key.get("passphrase"):
+                    key["passphrase"] = "***"
+        return values
+
+
+def redact(secret):
+    """Hide the password of a URL or a libpq DSN."""
+    if "://" in secret:
+        parts = urlsplit(secret)
+        if parts.password is not None:
+            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+            return urlunsplit(parts._replace(netloc=netloc))
+        return secret
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", secret)
+
+
+def load(path=None, environ=None):
+    """Read the YAML file (if any), apply the environment, check the result."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("LEGA_CONF")
+    values = copy.deepcopy(DEFAULTS)
+    given = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                given = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"configuration file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {e}") from None
+        if not isinstance(given, dict):
+            raise ConfigError(f"configuration file {path}: expected a mapping of sections")
+
+    known = dict(_flatten(DEFAULTS))
+    for setting, value in _flatten_given(given):
+        if setting.endswith("_file") and setting[:-5] in known:
+            base = setting[:-5]
+            _set(values, base, _coerce(base, _read_secret_file(base, value), known[base]))
+        elif setting in known:
+            _set(values, setting, _coerce(setting, value, known[setting]))
+        else:
+            raise ConfigError(f"{setting}: unknown setting (in {path})")
+
+    for setting, default in known.items():
+        env = _env_name(setting)
+        if env + "_FILE" in environ:
+            _set(values, setting,
+                 _coerce(setting, _read_secret_file(setting, environ[env + "_FILE"]), default))
+        if env in environ:
+            _set(values, setting, _coerce(setting, environ[env], default))
+
+    config = Config(values, path or "embedded defaults")
+    _check(config)
+    return config
+
+
+def _flatten_given(given, prefix=""):
+    for key, value in given.items():
+        setting = f"{prefix}{key}"
+        if isinstance(value, dict) and not setting.endswith("_file"):
+            yield from _flatten_given(value, setting + ".")
+        else:
+            yield setting, value
+
+
+def _check(config):
+    url = config["broker.url"]
+    if not url:
+        raise ConfigError("broker.url: missing (amqp://user:password@host:port/vhost)")
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        raise ConfigError(f"broker.url: must start with amqp:// or amqps://, got {redact(url)}")
+    if not config["db.dsn"]:
+        raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
+    if not config["inbox.location"]:
+        raise ConfigError("inbox.location: missing (the inbox root folder)")
+    driver = config["vault.driver"]
+    if driver == "posix":
+        if not config["vault.location"]:
+            raise ConfigError("vault.location: missing (the vault root folder)")
+    elif driver == "s3":
+        for setting in ("endpoint", "bucket", "access_key", "secret_key"):
+            if not config[f"vault.s3.{setting}"]:
+                raise ConfigError(f"vault.s3.{setting}: missing (needed with vault.driver: s3)")
+    else:
+        raise ConfigError(f"vault.driver: must be posix or s3, got {driver!r}")
+    delays = config["retry.delays"]
+    if not delays or not all(isinstance(d, (int, float)) and d > 0 for d in delays):
+        raise ConfigError(f"retry.delays: expected a list of positive seconds, got {delays!r}")
+    if config["retry.max_attempts"] < 1:
+        raise ConfigError("retry.max_attempts: must be at least 1")
+    keys = config["keys"]
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict) or not key.get("path"):
+            raise ConfigError(f"keys[{i}].path: missing (each key needs a path)")
+        unknown = set(key) - {"path", "passphrase", "passphrase_file"}
+        if unknown:
+            raise ConfigError(f"keys[{i}].{sorted(unknown)[0]}: unknown setting")
+    if config["ingest.max_header_size"] < 16:
+        raise ConfigError("ingest.max_header_size: too small for any Crypt4GH header")

@@ -1,0 +1,230 @@
+"""PostgreSQL: the state of every file and its full history.
+
+Each file has one row in ``files`` with its current status; every change of status is
+also written to ``file_events`` with the time, the worker, the message that caused it
+and, for errors, the code and reason. Checksums are stored by what they are of: the
+``uploaded`` file (header included), the ``archived`` body, the ``decrypted`` original.
+
+Status changes are compare-and-set: an update names the status it expects, and does
+nothing (returns False) when the file has moved on, so a late or duplicate message
+cannot undo newer work.
+"""
+
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extras
+from psycopg2 import errors as pg_errors
+
+LOG = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x1E6A  # pg_advisory_xact_lock key: one migrator at a time
+
+STATUSES = ("submitted", "archived", "verified", "ready", "error", "disabled")
+ACTIVE = ("submitted", "archived", "verified", "ready")
+
+psycopg2.extras.register_uuid()
+
+
+class DuplicateAccession(Exception):
+    """The accession ID is already given to another file."""
+
+
+class Database:
+    """One connection, reopened when it breaks (the next call reconnects)."""
+
+    def __init__(self, dsn, worker="lega"):
+        self.dsn = dsn
+        self.worker = worker
+        self._conn = None
+
+    def connect(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.dsn, connect_timeout=10,
+                                          application_name=self.worker[:60])
+        return self._conn
+
+    def close(self):
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A cursor inside one transaction: committed at the end, rolled back on error."""
+        conn = self.connect()
+        try:
+            with conn:  # commit or roll back
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    yield cur
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self.close()  # broken: reconnect next time
+            raise
+
+    # -- schema -------------------------------------------------------------------
+
+    def migrate(self):
+        """Create or upgrade the schema; idempotent, one migrator at a time."""
+        applied = []
+        with self.transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cur.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                               version    integer PRIMARY KEY,
+                               name       text NOT NULL,
+                               applied_at timestamptz NOT NULL DEFAULT now())""")
+            cur.execute("SELECT version FROM schema_migrations")
+            done = {row["version"] for row in cur.fetchall()}
+            for path in sorted(MIGRATIONS.glob("*.sql")):
+                version = int(path.name.split("_", 1)[0])
+                if version in done:
+                    continue
+                cur.execute(path.read_text())
+                cur.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            (version, path.stem))
+                applied.append(path.stem)
+        return applied
+
+    def schema_version(self):
+        with self.transaction() as cur:
+            cur.execute("SELECT to_regclass('schema_migrations') AS t")
+            if cur.fetchone()["t"] is None:
+                return 0
+            cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_migrations")
+            return cur.fetchone()["v"]
+
+    # -- reading ------------------------------------------------------------------
+
+    def file(self, file_id):
+        with self.transaction() as cur:
+            cur.execute("SELECT * FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
+            return cur.fetchone()
+
+    def latest_file(self, user, filepath):
+        """The file in progress or done for this path, else the last errored or
+        cancelled one, else None."""
+        with self.transaction() as cur:
+            cur.execute("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
+                           ORDER BY (status IN ('error', 'disabled')), created_at DESC
+                           LIMIT 1""", (user, filepath))
+            return cur.fetchone()
+
+    def checksums(self, file_id, source):
+        with self.transaction() as cur:
+            cur.execute("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
+                        (file_id, source))
+            return {row["type"]: row["value"] for row in cur.fetchall()}
+
+    def events(self, file_id):
+        with self.transaction() as cur:
+            cur.execute("SELECT * FROM file_events WHERE file_id = %s ORDER BY id", (file_id,))
+            return cur.fetchall()
+
+    # -- changing -----------------------------------------------------------------
+
+    def _event(self, cur, file_id, status, ctx, code=None, reason=None):
+        cur.execute("""INSERT INTO file_events
+                           (file_id, status, worker, correlation_id, message, error_code, error_reason)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+                    (file_id, status, self.worker, ctx.correlation_id, ctx.raw_text, code, reason))
+
+    def _move(self, cur, file_id, expected, status, ctx, sets="", args=(), code=None, reason=None):
+        """Compare-and-set the status; False if the file was not in ``expected``."""
+        cur.execute(f"""UPDATE files SET status = %s, updated_at = now() {sets}
+                        WHERE id = %s AND status = ANY(%s)""",
+                    (status, *args, file_id, list(expected)))
+        if cur.rowcount != 1:
+            return False
+        self._event(cur, file_id, status, ctx, code, reason)
+        return True
+
+    def _store_checksums(self, cur, file_id, source, values):
+        for kind, value in values.items():
+            cur.execute("""INSERT INTO checksums (file_id, source, type, value)
+                           VALUES (%s, %s, %s, %s)
+                           ON CONFLICT (file_id, source, type) DO UPDATE SET value = excluded.value""",
+                        (file_id, source, kind, value.lower()))
+
+    def claim_for_ingest(self, user, filepath, ctx):
+        """The file row this trigger is about: a new one (status ``submitted``) unless
+        the path already has a file in progress or done. Returns (file row, created)."""
+        with self.transaction() as cur:
+            file_id = uuid.uuid4()
+            cur.execute("""INSERT INTO files (id, submission_user, filepath, status)
+                           VALUES (%s, %s, %s, 'submitted')
+                           ON CONFLICT (submission_user, filepath)
+                               WHERE status NOT IN ('error', 'disabled') DO NOTHING
+                           RETURNING *""", (file_id, user, filepath))
+            row = cur.fetchone()
+            if row is not None:
+                self._event(cur, file_id, "submitted", ctx)
+                return row, True
+            cur.execute("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
+                           AND status NOT IN ('error', 'disabled')""", (user, filepath))
+            return cur.fetchone(), False
+
+    def set_archived(self, file_id, ctx, header, archive_path, archive_size, upload_size,
+                     uploaded, archived):
+        with self.transaction() as cur:
+            moved = self._move(cur, file_id, ["submitted"], "archived", ctx,
+                               sets=""", header = %s, archive_path = %s, archive_size = %s,
+                                         upload_size = %s, error_code = NULL, error_reason = NULL""",
+                               args=(header, archive_path, archive_size, upload_size))
+            if moved:
+                self._store_checksums(cur, file_id, "uploaded", uploaded)
+                self._store_checksums(cur, file_id, "archived", archived)
+            return moved
+
+    def set_verified(self, file_id, ctx, decrypted_size, decrypted):
+        with self.transaction() as cur:
+            moved = self._move(cur, file_id, ["archived"], "verified", ctx,
+                               sets=", decrypted_size = %s", args=(decrypted_size,))
+            if moved:
+                self._store_checksums(cur, file_id, "decrypted", decrypted)
+            return moved
+
+    def set_ready(self, file_id, ctx, accession_id):
+        try:
+            with self.transaction() as cur:
+                return self._move(cur, file_id, ["verified"], "ready", ctx,
+                                  sets=", accession_id = %s", args=(accession_id,))
+        except pg_errors.UniqueViolation:
+            raise DuplicateAccession(accession_id) from None
+
+    def accession_owner(self, accession_id):
+        with self.transaction() as cur:
+            cur.execute("SELECT id FROM files WHERE accession_id = %s", (accession_id,))
+            row = cur.fetchone()
+            return row and row["id"]
+
+    def set_error(self, file_id, ctx, code, reason, expected=ACTIVE):
+        with self.transaction() as cur:
+            return self._move(cur, file_id, expected, "error", ctx,
+                              sets=", error_code = %s, error_reason = %s", args=(code, reason),
+                              code=code, reason=reason)
+
+    def disable(self, file_id, ctx):
+        with self.transaction() as cur:
+            return self._move(cur, file_id, ACTIVE, "disabled", ctx)
+
+    def note(self, file_id, ctx, status, code=None, reason=None):
+        """A history line without a status change (e.g. a re-verification)."""
+        with self.transaction() as cur:
+            self._event(cur, file_id, status, ctx, code, reason)
+
+
+def wait_until_reachable(db, timeout):
+    """Used by tools at start: wait for the database, up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.connect()
+            return
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)

@@ -1,0 +1,39 @@
+"""The two kinds of failure a worker meets.
+
+A ``UserError`` is the submitter's (or Central EGA's message's) fault: it is reported
+to Central EGA on ``files.error``, the file gets the ``error`` status with the same
+reason, and nothing of it stays in the vault. Anything else is ours (database, vault,
+broker trouble, a bug) and is retried with back-off, then parked for operators; it is
+never blamed on the submitter.
+"""
+
+# The stable codes Central EGA sees in files.error
+NOT_FOUND = "not_found"
+BAD_PATH = "bad_path"
+NOT_CRYPT4GH = "not_crypt4gh"
+WRONG_KEY = "wrong_key"
+EDIT_LIST = "edit_list"
+CORRUPT = "corrupt"
+CHECKSUM_MISMATCH = "checksum_mismatch"
+BAD_MESSAGE = "bad_message"
+DUPLICATE_ACCESSION = "duplicate_accession"
+NOT_INGESTED = "not_ingested"
+
+
+class UserError(Exception):
+    """The file or the message is at fault; the reason is shown to the submitter."""
+
+    def __init__(self, code, reason):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class NotReady(Exception):
+    """The message arrived before what it needs (e.g. an accession before verify):
+    try again later, with back-off."""
+
+
+class IntegrityError(Exception):
+    """Our own copy is not what we recorded (vault object altered or missing): an
+    operator's problem, never the submitter's."""

@@ -1,0 +1,116 @@
+"""verify (``ega-verify``): prove that the archived copy decrypts and is intact.
+
+For each file handed over on the ``archived`` queue, the worker loads the Crypt4GH
+header from the database and decrypts it with the archive's private key (any of them:
+several keys may be configured, for rotation). It checks that the vault object is the
+one ingest recorded (its size and sha256), decrypts every segment of it, and computes
+the size, sha256 and md5 of the original file. Those are recorded, and Central EGA is
+asked for an accession ID on ``files.verified``, with the checksums of the original.
+"""
+
+import hashlib
+import logging
+
+from . import broker, messages
+from .c4gh import BodyDecryptor, load_private_keys, session_keys
+from .errors import IntegrityError, UserError
+from .worker import main as worker_main
+
+LOG = logging.getLogger("lega.verify")
+READ_SIZE = 1024 * 1024
+
+
+def handle(worker, ctx, message):
+    file = worker.db.file(message["file_id"])
+    if file is None or (file["submission_user"], file["filepath"]) != (message["user"],
+                                                                       message["filepath"]):
+        raise LookupError(f"no file {message['file_id']} for {message['user']}:"
+                          f"{message['filepath']} in the database")
+    ctx.about(file_id=file["id"])
+    re_verify = message["re_verify"] and file["status"] in ("verified", "ready")
+    if file["status"] != "archived" and not re_verify:
+        if ctx.redelivered and file["status"] == "verified":
+            LOG.info("redelivered after a crash: asking for the accession ID again")
+            request_accession(ctx, file, worker.db.checksums(file["id"], "decrypted"))
+        else:
+            LOG.info("already %s: nothing to do", file["status"])
+        return
+
+    keys = session_keys(bytes(file["header"]), worker.keys)
+    size, decrypted = decrypt_and_check(worker, file, keys)
+    LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
+             decrypted["sha256"])
+
+    if re_verify:
+        recorded = worker.db.checksums(file["id"], "decrypted")
+        if recorded != decrypted or file["decrypted_size"] != size:
+            raise IntegrityError("re-verification found other checksums than recorded: "
+                                 f"{decrypted} instead of {recorded}")
+        worker.db.note(file["id"], ctx, file["status"], reason="re-verified")
+        return
+    if worker.db.set_verified(file["id"], ctx, size, decrypted):
+        request_accession(ctx, file, decrypted)
+    else:
+        LOG.info("the file changed status while being verified (cancelled?): not reported")
+
+
+def decrypt_and_check(worker, file, keys):
+    """Stream the vault object once: its sha256, and the plaintext's size and checksums."""
+    archive_path = file["archive_path"]
+    try:
+        actual_size = worker.vault.size(archive_path)
+    except FileNotFoundError:
+        raise IntegrityError(f"the vault object {archive_path} is missing") from None
+    if actual_size != file["archive_size"]:
+        raise IntegrityError(f"the vault object {archive_path} has {actual_size} bytes, "
+                             f"not {file['archive_size']} as archived")
+
+    archived_sha256 = hashlib.sha256()
+    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    decryptor = BodyDecryptor(keys)
+    user_error = None
+    with worker.vault.open(archive_path) as stream:
+        while True:
+            chunk = stream.read(READ_SIZE)
+            archived_sha256.update(chunk)
+            if user_error is not None:  # only finish the archive checksum
+                if not chunk:
+                    break
+                continue
+            try:
+                pieces = decryptor.update(chunk) if chunk else decryptor.finish()
+            except UserError as e:
+                user_error = e
+                continue
+            for piece in pieces:
+                sha256.update(piece)
+                md5.update(piece)
+                size += len(piece)
+            if not chunk:
+                break
+
+    recorded = worker.db.checksums(file["id"], "archived")["sha256"]
+    if archived_sha256.hexdigest() != recorded:
+        raise IntegrityError(f"the vault object {archive_path} has sha256 "
+                             f"{archived_sha256.hexdigest()}, not {recorded} as archived")
+    if user_error is not None:  # what the submitter sent is at fault, not our copy
+        raise user_error
+    return size, {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()}
+
+
+def request_accession(ctx, file, decrypted):
+    ctx.to_cega("files.verified", messages.ACCESSION_REQUEST, {
+        "user": file["submission_user"],
+        "filepath": file["filepath"],
+        "decrypted_checksums": messages.checksums(sha256=decrypted["sha256"],
+                                                  md5=decrypted["md5"]),
+    })
+
+
+def prepare(worker):
+    worker.keys = load_private_keys(worker.config["keys"])
+
+
+def main(argv=None):
+    return worker_main("verify", broker.ARCHIVED_QUEUE, messages.VERIFICATION, handle, argv,
+                       prepare=prepare)

@@ -1,0 +1,347 @@
+"""What every worker does around its step: consume, validate, handle, report, ack.
+
+A worker consumes one queue, one message at a time. Each message is parsed and
+validated against its schema before any work, then handed to the step's ``handle``
+function on a work thread, while the connection's own thread keeps the broker link
+alive (heartbeats) and carries out the step's publishes (publisher confirms) through
+pika's thread-safe callback. The message is acknowledged only after the step has
+committed its database change and its outgoing messages are confirmed.
+
+How a step can end:
+
+- normally: acknowledged;
+- ``UserError``: the submitter's fault. The file (if there is one in progress) gets
+  the ``error`` status with the reason, its vault object is removed, and Central EGA
+  gets one ``files.error``;
+- ``NotReady`` or anything else: our side's trouble. The message is sent back to its
+  queue after a growing delay; past ``retry.max_attempts`` it is parked in
+  ``lega.dead_letters`` and the file gets the ``error`` status for operators (Central
+  EGA is not told the submitter did something wrong).
+"""
+
+import contextvars
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+import uuid
+
+import pika.exceptions
+
+from . import broker, config as lega_config, messages
+from .db import Database
+from .errors import NotReady, UserError
+
+LOG = logging.getLogger(__name__)
+
+current_file = contextvars.ContextVar("current_file", default="-")
+IN_PROGRESS = ("submitted", "archived", "verified")
+ATTEMPTS_HEADER = "x-lega-attempts"
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record):
+        record.file = current_file.get()
+        return True
+
+
+def setup_logging(level):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-7s %(name)s [%(file)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pika", "crypt4gh"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Context:
+    """The message in hand, as the step sees it."""
+
+    def __init__(self, worker, queue, method, props, raw):
+        self.worker = worker
+        self.queue = queue
+        self.raw = raw
+        self.raw_text = raw.decode("utf-8", errors="replace")
+        self.redelivered = bool(method.redelivered)
+        self.incoming_correlation_id = props.correlation_id
+        self.correlation_id = props.correlation_id or str(uuid.uuid4())
+        self.headers = dict(props.headers or {})
+        self.attempt = int(self.headers.get(ATTEMPTS_HEADER, 0)) + 1
+        self.user = None
+        self.filepath = None
+        self.file_id = None
+
+    def about(self, user=None, filepath=None, file_id=None):
+        """Say which file this message is about (for logs, reports and correlation)."""
+        self.user = user or self.user
+        self.filepath = filepath or self.filepath
+        if file_id:
+            self.file_id = str(file_id)
+            self.correlation_id = self.file_id
+        current_file.set(f"{self.file_id or '-'} {self.user}:{self.filepath}")
+
+    def about_from_raw(self):
+        """For a message that failed validation: whatever user and filepath it names."""
+        try:
+            body = json.loads(self.raw_text)
+        except ValueError:
+            return
+        if isinstance(body, dict):
+            self.about(*(body.get(k) if isinstance(body.get(k), str) else None
+                         for k in ("user", "filepath")))
+
+    def publish(self, exchange, routing_key, kind, body):
+        """Validate and publish, confirmed by the broker, correlated with the file."""
+        messages.check_outgoing(kind, body)
+        self.worker.publish_threadsafe(exchange, routing_key, broker.encode(body),
+                                       self.correlation_id)
+
+    def to_cega(self, routing_key, kind, body):
+        self.publish(broker.CEGA_EXCHANGE, routing_key, kind, body)
+
+
+class Worker:
+    """Runs one step (``handle(worker, ctx, body)``) over the messages of one queue."""
+
+    def __init__(self, name, queue, kind, handle, config, vault=None):
+        self.name = name
+        self.queue = queue
+        self.kind = kind
+        self.handle = handle
+        self.config = config
+        self.vault = vault
+        self.ident = f"{name}@{socket.gethostname()}:{os.getpid()}"
+        self.db = Database(config["db.dsn"], worker=self.ident)
+        self.delays = [float(d) for d in config["retry.delays"]]
+        self.max_attempts = config["retry.max_attempts"]
+        self.stopping = threading.Event()
+        self.connection = None
+        self.channel = None
+        self._delivery = None
+
+    # -- the connection's thread ----------------------------------------------------
+
+    def run(self):
+        """Consume until stopped (SIGTERM/SIGINT: finish the message in hand, exit)."""
+        self._install_signals()
+        delay = self.config["broker.reconnect_delay"]
+        while not self.stopping.is_set():
+            try:
+                self._connect()
+                delay = self.config["broker.reconnect_delay"]
+                self._consume()
+            except broker.CONNECTION_ERRORS as e:
+                if self.stopping.is_set():
+                    break
+                LOG.warning("lost the broker (%s: %s); reconnecting in %.0fs",
+                            e.__class__.__name__, e, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.config["broker.reconnect_max_delay"])
+            finally:
+                self._close()
+        self.db.close()
+        LOG.info("%s stopped", self.ident)
+
+    def _connect(self):
+        self.connection, self.channel = broker.connect_with_backoff(
+            self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
+            self.config["broker.reconnect_delay"], self.config["broker.reconnect_max_delay"],
+            should_stop=self.stopping.is_set)
+        broker.declare_topology(self.channel, self.delays)
+        self.channel.basic_qos(prefetch_count=1)
+        self.channel.basic_consume(self.queue, self._on_message)
+        LOG.info("%s consuming from %s", self.ident, self.queue)
+
+    def _close(self):
+        try:
+            if self.connection is not None and self.connection.is_open:
+                self.connection.close()
+        except Exception:  # already broken: nothing to close cleanly
+            pass
+        self.connection = self.channel = None
+        self._delivery = None
+
+    def _on_message(self, channel, method, props, body):
+        self._delivery = (method, props, body)
+
+    def _consume(self):
+        while not self.stopping.is_set():
+            self.connection.process_data_events(time_limit=1)
+            if self._delivery is not None:
+                method, props, body = self._delivery
+                self._delivery = None
+                self._process(method, props, body)
+
+    def _process(self, method, props, body):
+        """Run the step on the work thread; keep the connection serviced meanwhile."""
+        ctx = Context(self, self.queue, method, props, body)
+        outcome = {}
+        done = threading.Event()
+
+        def work():
+            try:
+                contextvars.copy_context().run(self._step, ctx)
+                outcome["ok"] = True
+            except BaseException as e:  # reported below, on the connection's thread
+                outcome["error"] = e
+            finally:
+                done.set()
+                try:
+                    self.connection.add_callback_threadsafe(lambda: None)  # wake the loop
+                except Exception:
+                    pass
+
+        thread = threading.Thread(target=work, name=f"{self.name}-step", daemon=True)
+        thread.start()
+        while not done.is_set():
+            self.connection.process_data_events(time_limit=1)
+        thread.join()
+        if "ok" in outcome:
+            self.channel.basic_ack(method.delivery_tag)
+            return
+        error = outcome["error"]
+        if isinstance(error, broker.CONNECTION_ERRORS):
+            raise error  # the message comes back by itself once we reconnect
+        LOG.error("could not settle the message: %r; handing it back", error)
+        self.stopping.wait(self.delays[0])
+        self.channel.basic_nack(method.delivery_tag, requeue=True)
+
+    def publish_threadsafe(self, exchange, routing_key, body, correlation_id, headers=None):
+        """Publish from the work thread through the connection's thread; wait for the
+        broker's confirm."""
+        result = {}
+        done = threading.Event()
+
+        def on_connection_thread():
+            try:
+                broker.publish(self.channel, exchange, routing_key, body, correlation_id, headers)
+            except BaseException as e:
+                result["error"] = e
+            finally:
+                done.set()
+
+        connection = self.connection
+        connection.add_callback_threadsafe(on_connection_thread)
+        while not done.wait(1):
+            if not connection.is_open:
+                raise pika.exceptions.ConnectionClosed(320, "connection lost while publishing")
+        if "error" in result:
+            raise result["error"]
+
+    # -- the work thread ------------------------------------------------------------
+
+    def _step(self, ctx):
+        current_file.set("-")
+        try:
+            try:
+                try:
+                    body = messages.parse(self.kind, ctx.raw)
+                except UserError:
+                    ctx.about_from_raw()
+                    raise
+                ctx.about(user=body.get("user"), filepath=body.get("filepath"))
+                LOG.info("received %s (correlation id %s, attempt %d%s)", self.kind,
+                         ctx.incoming_correlation_id, ctx.attempt,
+                         ", redelivered" if ctx.redelivered else "")
+                self.handle(self, ctx, body)
+            except UserError as e:
+                self.report_user_error(ctx, e)
+        except broker.CONNECTION_ERRORS:
+            raise
+        except NotReady as e:
+            self.retry_later(ctx, e, quiet=True)
+        except Exception as e:
+            self.retry_later(ctx, e)
+
+    def report_user_error(self, ctx, error):
+        """The submitter's fault: error status, nothing in the vault, one files.error."""
+        LOG.warning("user error %s: %s", error.code, error.reason)
+        if ctx.file_id:
+            file = self.db.file(ctx.file_id)
+            if file and file["status"] in IN_PROGRESS:
+                if self.vault is not None and file["archive_path"] is not None:
+                    self.vault.delete(file["archive_path"])
+                self.db.set_error(ctx.file_id, ctx, error.code, error.reason, expected=IN_PROGRESS)
+        report = {"error": error.code, "reason": error.reason, "original-message": ctx.raw_text}
+        if isinstance(ctx.user, str) and ctx.user.strip():
+            report["user"] = ctx.user
+        if isinstance(ctx.filepath, str) and ctx.filepath.strip():
+            report["filepath"] = ctx.filepath
+        ctx.to_cega("files.error", messages.ERROR, report)
+
+    def retry_later(self, ctx, error, quiet=False):
+        """Our side's trouble: back to the queue after a delay, or parked after the limit."""
+        reason = f"{error.__class__.__name__}: {error}"
+        headers = {**ctx.headers, ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
+                   "x-lega-queue": self.queue}
+        if ctx.attempt < self.max_attempts:
+            delay = self.delays[min(ctx.attempt, len(self.delays)) - 1]
+            if quiet:
+                LOG.info("not ready (%s); trying again in %gs (attempt %d of %d)",
+                         error, delay, ctx.attempt, self.max_attempts)
+            else:
+                LOG.error("failed (%s); trying again in %gs (attempt %d of %d)\n%s", reason,
+                          delay, ctx.attempt, self.max_attempts,
+                          "".join(traceback.format_exception(error)).rstrip())
+            self.publish_threadsafe(broker.retry_exchange(delay), self.queue, ctx.raw,
+                                    ctx.incoming_correlation_id, headers)
+            return
+        LOG.error("failed %d times (%s); parking the message in %s for operators",
+                  ctx.attempt, reason, broker.DEAD_LETTERS)
+        self.publish_threadsafe("", broker.DEAD_LETTERS, ctx.raw, ctx.incoming_correlation_id,
+                                headers)
+        if ctx.file_id:
+            self.db.set_error(ctx.file_id, ctx, "internal_error",
+                              f"parked after {ctx.attempt} attempts: {reason}",
+                              expected=IN_PROGRESS)
+
+    # -- signals --------------------------------------------------------------------
+
+    def _install_signals(self):
+        def on_signal(signum, frame):
+            if self.stopping.is_set():
+                LOG.warning("second signal: stopping now; the message in hand goes back "
+                            "to the queue")
+                os._exit(1)
+            LOG.info("signal %d: finishing the message in hand, then stopping", signum)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def main(name, queue, kind, handle, argv=None, prepare=None):
+    """Command-line entry of a worker: ``ega-<name> [--conf PATH]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"ega-{name}", description=f"LocalEGA {name} worker")
+    parser.add_argument("--conf", help="configuration file (default: $LEGA_CONF, else the "
+                                       "embedded defaults)")
+    args = parser.parse_args(argv)
+    try:
+        config = lega_config.load(args.conf)
+        setup_logging(config["log.level"])
+        from . import vault as lega_vault
+        vault = lega_vault.from_config(config)
+        vault.check()
+        worker = Worker(name, queue, kind, handle, config, vault=vault)
+        if prepare is not None:
+            prepare(worker)
+    except lega_config.ConfigError as e:
+        print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
+        return 2
+    except (NotImplementedError, OSError) as e:
+        print(f"ega-{name}: cannot start: {e}", file=sys.stderr)
+        return 2
+    LOG.info("starting %s with %s (broker %s)", worker.ident, config.source,
+             lega_config.redact(config["broker.url"]))
+    worker.run()
+    return 0
+
