@@ -1,11 +1,14 @@
 """A stand-in for Central EGA, for the demo and the tests (``ega-cega-simulator``).
 
-It reads what LocalEGA sends to Central EGA (the ``to_cega`` queue, bound to the
+    ega-cega-simulator run [--no-accessions]   play Central EGA until stopped
+    ega-cega-simulator ingest USER FILEPATH    ask LocalEGA to ingest a file
+    ega-cega-simulator cancel USER FILEPATH    ask LocalEGA to cancel it
+
+``run`` reads what LocalEGA sends to Central EGA (the ``to_cega`` queue, bound to the
 ``cega`` exchange), prints each message, and answers every ``files.verified`` with an
 accession ID (``EGAF`` + 11 digits) on the ``accession`` queue, as Central EGA does.
-With ``--no-accessions`` it only prints (Central EGA "switched off" for accessions).
-In production a shovel or federation link ships ``to_cega`` to the real Central EGA
-instead, and this program is not run.
+With ``--no-accessions`` it only prints. In production a shovel or federation link
+ships ``to_cega`` to the real Central EGA instead, and this program is not run.
 """
 
 import argparse
@@ -15,6 +18,7 @@ import secrets
 import signal
 import sys
 import time
+import uuid
 
 from . import broker, config as lega_config
 
@@ -26,7 +30,7 @@ def new_accession_id():
 
 
 def accession_for(request):
-    """Central EGA's answer to an accession request."""
+    """Central EGA's answer to an accession request (``files.verified``)."""
     return {
         "type": "accession",
         "user": request["user"],
@@ -36,12 +40,20 @@ def accession_for(request):
     }
 
 
-def run(url, queue=broker.TO_CEGA_QUEUE, answer=True, out=sys.stdout, should_stop=lambda: False):
+def printer(out):
+    def on_message(routing_key, message, props):
+        print(f"Central EGA received {routing_key}: {json.dumps(message)}", file=out, flush=True)
+    return on_message
+
+
+def run(url, on_message, answer=lambda: True, queue=broker.TO_CEGA_QUEUE,
+        should_stop=lambda: False):
+    """Consume what LocalEGA sends; answer accession requests while ``answer()``."""
     connection, channel = broker.connect(url, name="cega-simulator")
     broker.declare_topology(channel)
     channel.basic_qos(prefetch_count=10)
     try:
-        for method, props, body in channel.consume(queue, inactivity_timeout=0.5):
+        for method, props, body in channel.consume(queue, inactivity_timeout=0.2):
             if should_stop():
                 break
             if method is None:
@@ -50,42 +62,65 @@ def run(url, queue=broker.TO_CEGA_QUEUE, answer=True, out=sys.stdout, should_sto
                 message = json.loads(body)
             except ValueError:
                 message = body.decode("utf-8", "replace")
-            print(f"Central EGA received {method.routing_key}: {json.dumps(message)}",
-                  file=out, flush=True)
-            if answer and method.routing_key == "files.verified" and isinstance(message, dict):
+            on_message(method.routing_key, message, props)
+            if method.routing_key == "files.verified" and isinstance(message, dict) and answer():
                 reply = accession_for(message)
                 broker.publish(channel, "", broker.ACCESSION_QUEUE, reply, props.correlation_id)
-                print(f"Central EGA sent accession {reply['accession_id']} for "
-                      f"{reply['user']}:{reply['filepath']}", file=out, flush=True)
+                LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
+                         reply["filepath"])
             channel.basic_ack(method.delivery_tag)
     finally:
         try:
             channel.cancel()
             connection.close()
-        except Exception:
+        except Exception:  # the connection is gone already
             pass
 
 
+def send(url, queue, body):
+    """Send one message as Central EGA does (persistent JSON, confirmed)."""
+    connection, channel = broker.connect(url, name="cega-simulator")
+    try:
+        broker.declare_topology(channel)
+        broker.publish(channel, "", queue, body, str(uuid.uuid4()))
+    finally:
+        connection.close()
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ega-cega-simulator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="ega-cega-simulator",
+                                     description="A stand-in for Central EGA")
     parser.add_argument("--conf", help="configuration file (its broker.url is used)")
-    parser.add_argument("--queue", default=broker.TO_CEGA_QUEUE, help="queue to read")
-    parser.add_argument("--no-accessions", action="store_true",
-                        help="only print the messages, never answer with an accession ID")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="play Central EGA until stopped")
+    run_parser.add_argument("--no-accessions", action="store_true",
+                            help="only print the messages, never answer with an accession ID")
+    for command in ("ingest", "cancel"):
+        p = sub.add_parser(command, help=f"ask LocalEGA to {command} a file")
+        p.add_argument("user")
+        p.add_argument("filepath")
     args = parser.parse_args(argv)
     try:
         config = lega_config.load(args.conf)
     except lega_config.ConfigError as e:
         print(f"ega-cega-simulator: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config["log.level"])
+    logging.basicConfig(level=config["log.level"], format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
+    url = config["broker.url"]
+
+    if args.command in ("ingest", "cancel"):
+        send(url, broker.FILES_QUEUE,
+             {"type": args.command, "user": args.user, "filepath": args.filepath})
+        print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}")
+        return 0
+
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     while not stop:
         try:
-            run(config["broker.url"], args.queue, not args.no_accessions,
+            run(url, printer(sys.stdout), answer=lambda: not args.no_accessions,
                 should_stop=lambda: bool(stop))
         except broker.CONNECTION_ERRORS as e:
             LOG.warning("broker connection lost (%s); reconnecting", e.__class__.__name__)

@@ -1,0 +1,31 @@
+# lega: make demo | make test | make stop | make clean
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test stop services venv clean
+
+# the virtual environment with lega and its pinned dependencies (and pytest)
+$(BIN)/ega-ingest: setup.py requirements.txt requirements-dev.txt
+	@scripts/venv.sh $(PYTHON) $(VENV)
+	@touch $@
+
+venv: $(BIN)/ega-ingest
+
+services:
+	@scripts/services.sh
+
+# brings up the local stack on the embedded defaults and ingests a sample file
+demo: venv services
+	@scripts/demo.sh
+
+# everything the tests need, then the whole suite against the real services
+test: venv services
+	@$(BIN)/python -m pytest -q tests
+
+# stops the demo's workers (and the services the demo started)
+stop:
+	@scripts/stop.sh
+
+clean: stop
+	rm -rf data $(VENV) *.egg-info
