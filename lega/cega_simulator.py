@@ -46,9 +46,9 @@ def printer(out):
     return on_message
 
 
-def run(url, on_message, answer=lambda: True, queue=broker.TO_CEGA_QUEUE,
+def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE,
         should_stop=lambda: False):
-    """Consume what LocalEGA sends; answer accession requests while ``answer()``."""
+    """Consume what LocalEGA sends; answer the accession requests ``answer`` accepts."""
     connection, channel = broker.connect(url, name="cega-simulator")
     broker.declare_topology(channel)
     channel.basic_qos(prefetch_count=10)
@@ -63,7 +63,7 @@ def run(url, on_message, answer=lambda: True, queue=broker.TO_CEGA_QUEUE,
             except ValueError:
                 message = body.decode("utf-8", "replace")
             on_message(method.routing_key, message, props)
-            if method.routing_key == "files.verified" and isinstance(message, dict) and answer():
+            if method.routing_key == "files.verified" and isinstance(message, dict) and answer(message):
                 reply = accession_for(message)
                 broker.publish(channel, "", broker.ACCESSION_QUEUE, reply, props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
@@ -120,7 +120,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     while not stop:
         try:
-            run(url, printer(sys.stdout), answer=lambda: not args.no_accessions,
+            run(url, printer(sys.stdout), answer=lambda request: not args.no_accessions,
                 should_stop=lambda: bool(stop))
         except broker.CONNECTION_ERRORS as e:
             LOG.warning("broker connection lost (%s); reconnecting", e.__class__.__name__)

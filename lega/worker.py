@@ -110,7 +110,7 @@ class Context:
 class Worker:
     """Runs one step (``handle(worker, ctx, body)``) over the messages of one queue."""
 
-    def __init__(self, name, queue, kind, handle, config, vault=None):
+    def __init__(self, name, queue, kind, handle, config, vault=None, stopping=None):
         self.name = name
         self.queue = queue
         self.kind = kind
@@ -121,7 +121,7 @@ class Worker:
         self.db = Database(config["db.dsn"], worker=self.ident)
         self.delays = [float(d) for d in config["retry.delays"]]
         self.max_attempts = config["retry.max_attempts"]
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self.connection = None
         self.channel = None
         self._delivery = None
@@ -129,8 +129,7 @@ class Worker:
     # -- the connection's thread ----------------------------------------------------
 
     def run(self):
-        """Consume until stopped (SIGTERM/SIGINT: finish the message in hand, exit)."""
-        self._install_signals()
+        """Consume until ``stopping`` is set: the message in hand is finished first."""
         delay = self.config["broker.reconnect_delay"]
         while not self.stopping.is_set():
             try:
@@ -302,19 +301,22 @@ class Worker:
                               f"parked after {ctx.attempt} attempts: {reason}",
                               expected=IN_PROGRESS)
 
-    # -- signals --------------------------------------------------------------------
+def stop_on_signals():
+    """SIGTERM or SIGINT: finish the message in hand, then stop (exit 0). A second
+    one: stop at once; the unacknowledged message goes back to its queue."""
+    stopping = threading.Event()
 
-    def _install_signals(self):
-        def on_signal(signum, frame):
-            if self.stopping.is_set():
-                LOG.warning("second signal: stopping now; the message in hand goes back "
-                            "to the queue")
-                os._exit(1)
-            LOG.info("signal %d: finishing the message in hand, then stopping", signum)
-            self.stopping.set()
+    def on_signal(signum, frame):
+        if stopping.is_set():
+            LOG.warning("second signal: stopping now; the message in hand goes back to "
+                        "its queue")
+            os._exit(1)
+        LOG.info("signal %d: finishing the message in hand, then stopping", signum)
+        stopping.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stopping
 
 
 def main(name, queue, kind, handle, argv=None, prepare=None):
@@ -325,13 +327,14 @@ def main(name, queue, kind, handle, argv=None, prepare=None):
     parser.add_argument("--conf", help="configuration file (default: $LEGA_CONF, else the "
                                        "embedded defaults)")
     args = parser.parse_args(argv)
+    stopping = stop_on_signals()
     try:
         config = lega_config.load(args.conf)
         setup_logging(config["log.level"])
         from . import vault as lega_vault
         vault = lega_vault.from_config(config)
         vault.check()
-        worker = Worker(name, queue, kind, handle, config, vault=vault)
+        worker = Worker(name, queue, kind, handle, config, vault=vault, stopping=stopping)
         if prepare is not None:
             prepare(worker)
     except lega_config.ConfigError as e:

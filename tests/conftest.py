@@ -1,0 +1,400 @@
+"""The test stack: real RabbitMQ (vhost lega_test), real PostgreSQL (database lega_test),
+a POSIX inbox and vault in a temporary folder, and the real worker programs
+(``ega-ingest``, ``ega-verify``, ``ega-finalize``) as subprocesses. Central EGA is played
+by the simulator's own code (``lega.cega_simulator.run``) on a thread, which records
+every message LocalEGA sends and answers accession requests unless a test says not to.
+
+``make test`` starts the services; the URLs can be changed with LEGA_TEST_BROKER_URL and
+LEGA_TEST_DB_ADMIN_DSN.
+"""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pika
+import psycopg2
+import pytest
+import yaml
+from crypt4gh import header as c4gh_header
+from crypt4gh.keys import c4gh as c4gh_keys, get_private_key, get_public_key
+import crypt4gh.lib
+
+from lega import admin, broker, cega_simulator
+from lega.db import Database
+
+BIN = Path(sys.executable).parent
+BROKER_URL = os.environ.get("LEGA_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/lega_test")
+DB_ADMIN_DSN = os.environ.get("LEGA_TEST_DB_ADMIN_DSN",
+                              "postgresql://lega:lega@127.0.0.1:5432/postgres")
+DB_NAME = "lega_test"
+FEGA_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "fega-schemas"
+RETRY_DELAYS = [0.2, 0.4, 0.8]
+MAX_ATTEMPTS = 4
+WORKERS = ("ingest", "verify", "finalize")
+
+
+# -- keys and files -----------------------------------------------------------------
+
+class KeyPair:
+    def __init__(self, folder, name, passphrase):
+        self.sec = folder / f"{name}.sec"
+        self.pub = folder / f"{name}.pub"
+        self.passphrase = passphrase
+        c4gh_keys.generate(self.sec, self.pub, passphrase.encode() if passphrase else None,
+                           name.encode())
+        self.private = get_private_key(self.sec, lambda: passphrase)
+        self.public = get_public_key(self.pub)
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    (folder / "archive.pass").write_text("archive passphrase\n")
+    return {
+        "archive": KeyPair(folder, "archive", "archive passphrase"),
+        "old": KeyPair(folder, "old", "old passphrase"),        # still configured: rotation
+        "other": KeyPair(folder, "other", "other passphrase"),  # another archive's key
+        "submitter": KeyPair(folder, "submitter", ""),
+        "folder": folder,
+    }
+
+
+def encrypt(plaintext, keys, recipients=("archive",)):
+    """A Crypt4GH file, made by the crypt4gh library as a submitter's tool makes it."""
+    out = io.BytesIO()
+    crypt4gh.lib.encrypt([(0, keys["submitter"].private, keys[r].public) for r in recipients],
+                         io.BytesIO(plaintext), out)
+    return out.getvalue()
+
+
+def encrypt_with_edit_list(plaintext, keys, edit_list):
+    """A Crypt4GH file whose header also carries an edit list."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    session_key = os.urandom(32)
+    writer = [(0, keys["submitter"].private, keys["archive"].public)]
+    packets = list(c4gh_header.encrypt(c4gh_header.make_packet_data_enc(0, session_key), writer))
+    packets += list(c4gh_header.encrypt(c4gh_header.make_packet_data_edit_list(edit_list), writer))
+    body = b""
+    for start in range(0, len(plaintext), 65536):
+        nonce = os.urandom(12)
+        body += nonce + ChaCha20Poly1305(session_key).encrypt(nonce, plaintext[start:start + 65536],
+                                                              None)
+    return c4gh_header.serialize(packets) + body
+
+
+def header_length(c4gh_bytes):
+    """Where the body starts, found by the crypt4gh library's own parser."""
+    stream = io.BytesIO(c4gh_bytes)
+    for _ in c4gh_header.parse(stream):
+        pass
+    return stream.tell()
+
+
+def plaintext_checksums(data):
+    return {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+
+
+def checksum_list(values):
+    return [{"type": k, "value": v} for k, v in values.items()]
+
+
+# -- Central EGA ------------------------------------------------------------------------
+
+class CentralEGA:
+    """Runs the simulator's code on a thread and records what LocalEGA sends."""
+
+    def __init__(self, url):
+        self.url = url
+        self.received = []
+        self.cond = threading.Condition()
+        self.silent_users = set()  # no accession answers for these users
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                cega_simulator.run(self.url, self._record, answer=self._answer,
+                                   should_stop=self.stop.is_set)
+            except broker.CONNECTION_ERRORS:
+                time.sleep(0.5)
+
+    def _record(self, routing_key, message, props):
+        with self.cond:
+            self.received.append((routing_key, message, props))
+            self.cond.notify_all()
+
+    def _answer(self, request):
+        return request.get("user") not in self.silent_users
+
+    def messages(self, user=None, filepath=None, routing_key=None):
+        with self.cond:
+            return [(rk, m, p) for rk, m, p in self.received
+                    if (routing_key is None or rk == routing_key)
+                    and (user is None or (isinstance(m, dict) and m.get("user") == user))
+                    and (filepath is None or (isinstance(m, dict) and m.get("filepath") == filepath))]
+
+    def wait_for(self, predicate, timeout=30, what="a message"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for rk, m, p in self.received:
+                    if predicate(rk, m, p):
+                        return rk, m, p
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"Central EGA did not receive {what} within {timeout}s; "
+                                         f"received: {self.received[-10:]}")
+                self.cond.wait(remaining)
+
+    def wait(self, user, filepath, routing_key, timeout=30):
+        def match(rk, m, p):
+            return rk == routing_key and isinstance(m, dict) and m.get("user") == user \
+                and m.get("filepath") == filepath
+        return self.wait_for(match, timeout, f"{routing_key} for {user}:{filepath}")[1]
+
+
+# -- the stack ----------------------------------------------------------------------------
+
+class Stack:
+    def __init__(self, root, config_path, config, cega, keys):
+        self.root = root
+        self.config_path = config_path
+        self.inbox = Path(config["inbox"]["location"])
+        self.vault = Path(config["vault"]["location"])
+        self.cega = cega
+        self.keys = keys
+        self.db = Database(config["db"]["dsn"], worker="tests")
+        self.processes = {}
+
+    # the worker programs
+    def start_worker(self, name, tag=None):
+        tag = tag or name
+        log = open(self.root / f"{tag}.log", "ab")
+        self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
+                                                str(self.config_path)],
+                                               stdout=log, stderr=subprocess.STDOUT)
+        return self.processes[tag]
+
+    def wait_consuming(self, tag, timeout=30):
+        """Until the worker says it consumes (its topology is declared by then)."""
+        log, process = self.root / f"{tag}.log", self.processes[tag]
+        deadline = time.monotonic() + timeout
+        while "consuming from" not in log.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.root.glob("*.log")))
+
+    # submitters
+    def new_user(self):
+        user = f"user-{uuid.uuid4().hex[:10]}"
+        (self.inbox / user).mkdir(parents=True)
+        return user
+
+    def put(self, user, filepath, data):
+        path = self.inbox / user / filepath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def upload(self, user, filepath, plaintext, recipients=("archive",)):
+        data = encrypt(plaintext, self.keys, recipients)
+        self.put(user, filepath, data)
+        return data
+
+    # Central EGA's messages
+    def send(self, queue, body, correlation_id=None):
+        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            channel.basic_publish("", queue, raw, pika.BasicProperties(
+                content_type="application/json", delivery_mode=2,
+                correlation_id=correlation_id or str(uuid.uuid4())), mandatory=True)
+        finally:
+            connection.close()
+
+    def trigger(self, user, filepath, **extra):
+        self.send("files", {"type": "ingest", "user": user, "filepath": filepath, **extra})
+
+    def accession(self, user, filepath, accession_id, decrypted):
+        self.send("accession", {"type": "accession", "user": user, "filepath": filepath,
+                                "accession_id": accession_id,
+                                "decrypted_checksums": checksum_list(decrypted)})
+
+    # what we can see
+    def report(self, user, filepath):
+        return admin.file_report(self.db, user, filepath)
+
+    def wait_status(self, user, filepath, status, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            report = self.report(user, filepath)
+            if report and report["status"] == status:
+                return report
+            time.sleep(0.05)
+        raise AssertionError(f"{user}:{filepath} is not {status} after {timeout}s: "
+                             f"{self.report(user, filepath)}\n{self.logs()}")
+
+    def vault_files(self):
+        return sorted(str(p.relative_to(self.vault)) for p in self.vault.rglob("*") if p.is_file())
+
+    def count_files(self):
+        with self.db.transaction() as cur:
+            cur.execute("SELECT count(*) AS n FROM files")
+            return cur.fetchone()["n"]
+
+
+def reset_database(dsn_admin, name):
+    conn = psycopg2.connect(dsn_admin)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return psycopg2.extensions.make_dsn(dsn_admin, dbname=name)
+
+
+def reset_broker(url):
+    """Delete what an earlier run left in the test vhost."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    names = [broker.FILES_QUEUE, broker.ARCHIVED_QUEUE, broker.ACCESSION_QUEUE,
+             broker.TO_CEGA_QUEUE, broker.DEAD_LETTERS] + [broker.retry_exchange(d)
+                                                            for d in RETRY_DELAYS]
+    channel = connection.channel()
+    for name in names:
+        channel.queue_delete(name)
+    for name in [broker.LEGA_EXCHANGE, broker.CEGA_EXCHANGE] + names[5:]:
+        channel.exchange_delete(name)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, keys):
+    root = tmp_path_factory.mktemp("lega")
+    dsn = reset_database(DB_ADMIN_DSN, DB_NAME)
+    reset_broker(BROKER_URL)
+    config = {
+        "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
+        "db": {"dsn": dsn},
+        "inbox": {"location": str(root / "inbox")},
+        "vault": {"driver": "posix", "location": str(root / "vault")},
+        "keys": [
+            {"path": str(keys["old"].sec), "passphrase": keys["old"].passphrase},
+            {"path": str(keys["archive"].sec),
+             "passphrase_file": str(keys["folder"] / "archive.pass")},
+        ],
+        "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
+        "log": {"level": "DEBUG"},
+    }
+    (root / "inbox").mkdir()
+    config_path = root / "lega.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db", "migrate"],
+                             capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+
+    cega = CentralEGA(BROKER_URL)
+    stack = Stack(root, config_path, config, cega, keys)
+    for name in WORKERS:
+        stack.start_worker(name)
+    for name in WORKERS:
+        stack.wait_consuming(name)
+    yield stack
+
+    for process in stack.processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in stack.processes.values():
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    cega.stop.set()
+    cega.thread.join(timeout=5)
+    stack.db.close()
+
+
+# -- checks shared by the tests -------------------------------------------------------------
+
+def fega_validate(schema_name, message):
+    """Validate against the real federated EGA schema, where ../shared has them."""
+    path = FEGA_SCHEMAS / f"{schema_name}.json"
+    if not path.exists():
+        return
+    jsonschema.Draft7Validator(json.loads(path.read_text())).validate(message)
+
+
+def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30):
+    """The whole pipeline did its job for this file, checked from the outside."""
+    stack.cega.wait(user, filepath, "files.completed", timeout)
+    report = stack.wait_status(user, filepath, "ready")
+    sent = stack.cega.messages(user, filepath)
+    assert [rk for rk, _, _ in sent] == ["files.processing", "files.verified", "files.completed"]
+    processing, verified, completed = (m for _, m, _ in sent)
+    # every message for the file is correlated by its id
+    assert {p.correlation_id for _, _, p in sent} == {report["file_id"]}
+    assert all(p.content_type == "application/json" and p.delivery_mode == 2 for _, _, p in sent)
+    assert processing == {"user": user, "filepath": filepath, "status": "processing"}
+    fega_validate("ingestion-accession-request", verified)
+    fega_validate("ingestion-completion", completed)
+
+    expected = plaintext_checksums(plaintext)
+    for message in (verified, completed):
+        assert {c["type"]: c["value"] for c in message["decrypted_checksums"]} == expected
+    assert completed["accession_id"] == report["accession_id"]
+    assert report["accession_id"].startswith("EGAF") and len(report["accession_id"]) == 15
+    assert {c["type"]: c["value"] for c in report["decrypted_checksums"]} == expected
+    assert report["decrypted_size"] == len(plaintext)
+    assert report["error"] is None
+
+    # the vault object is exactly the upload minus its header
+    body = (stack.vault / report["archive_path"]).read_bytes()
+    assert body == uploaded[header_length(uploaded):]
+    assert report["archive_size"] == len(body)
+    assert {c["type"]: c["value"] for c in report["encrypted_checksums"]} == {
+        "sha256": hashlib.sha256(uploaded).hexdigest(), "md5": hashlib.md5(uploaded).hexdigest()}
+    return report
+
+
+def assert_good_file_completes(stack):
+    """After any error, the next good file still goes all the way."""
+    user = stack.new_user()
+    plaintext = os.urandom(70_000)
+    uploaded = stack.upload(user, "next.c4gh", plaintext)
+    stack.trigger(user, "next.c4gh")
+    assert_ready(stack, user, "next.c4gh", plaintext, uploaded)
+
+
+def assert_user_error(stack, user, filepath, code, vault_before, processing=True):
+    """One files.error with the code, the error status with the same reason, nothing in
+    the vault, and the pipeline still works."""
+    report = stack.wait_status(user, filepath, "error")
+    error = stack.cega.wait(user, filepath, "files.error")
+    fega_validate("info-error", error)
+    fega_validate("ingestion-user-error", error)
+    assert error["error"] == code, error
+    assert error["reason"] == report["error"] and report["error_code"] == code
+    assert stack.vault_files() == vault_before
+    assert_good_file_completes(stack)
+    routing_keys = [rk for rk, _, _ in stack.cega.messages(user, filepath)]
+    assert routing_keys.count("files.error") == 1
+    assert "files.completed" not in routing_keys
+    assert ("files.processing" in routing_keys) == processing
+    return report, error
