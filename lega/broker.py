@@ -11,7 +11,6 @@ message that failed too often is parked for operators.
 import json
 import logging
 import time
-from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
@@ -38,22 +37,48 @@ def retry_exchange(delay_seconds):
     return f"lega.retry.{int(round(delay_seconds * 1000))}ms"
 
 
-def declare_topology(channel, retry_delays=()):
-    """Declare every exchange, queue and binding we use (idempotent)."""
-    channel.exchange_declare(LEGA_EXCHANGE, "topic", durable=True)
-    channel.exchange_declare(CEGA_EXCHANGE, "topic", durable=True)
-    for queue in (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE, TO_CEGA_QUEUE, DEAD_LETTERS):
-        channel.queue_declare(queue, durable=True)
-    channel.queue_bind(ARCHIVED_QUEUE, LEGA_EXCHANGE, routing_key="archived")
-    channel.queue_bind(TO_CEGA_QUEUE, CEGA_EXCHANGE, routing_key="#")
+def topology(retry_delays=()):
+    """Every exchange, queue and binding we use, as (exchanges, queues, bindings)."""
+    exchanges = [(LEGA_EXCHANGE, "topic"), (CEGA_EXCHANGE, "topic")]
+    queues = [(name, {}) for name in (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE,
+                                      TO_CEGA_QUEUE, DEAD_LETTERS)]
+    bindings = [(ARCHIVED_QUEUE, LEGA_EXCHANGE, "archived"), (TO_CEGA_QUEUE, CEGA_EXCHANGE, "#")]
     for delay in retry_delays:
         name = retry_exchange(delay)
-        channel.exchange_declare(name, "fanout", durable=True)
-        channel.queue_declare(name, durable=True, arguments={
+        exchanges.append((name, "fanout"))
+        queues.append((name, {
             "x-message-ttl": int(round(delay * 1000)),
             "x-dead-letter-exchange": "",  # back by the message's own routing key (its queue)
-        })
-        channel.queue_bind(name, name)
+        }))
+        bindings.append((name, name, ""))
+    return exchanges, queues, bindings
+
+
+def declare_topology(channel, retry_delays=()):
+    """Declare everything we use (durable, idempotent), so an empty broker works."""
+    exchanges, queues, bindings = topology(retry_delays)
+    for name, kind in exchanges:
+        channel.exchange_declare(name, kind, durable=True)
+    for name, arguments in queues:
+        channel.queue_declare(name, durable=True, arguments=arguments or None)
+    for queue, exchange, routing_key in bindings:
+        channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+
+def definitions(retry_delays, vhost="/"):
+    """The same topology as a RabbitMQ definitions file (deploy/rabbitmq-definitions.json)."""
+    exchanges, queues, bindings = topology(retry_delays)
+    return {
+        "vhosts": [{"name": vhost}],
+        "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True,
+                       "auto_delete": False, "internal": False, "arguments": {}}
+                      for name, kind in exchanges],
+        "queues": [{"name": name, "vhost": vhost, "durable": True, "auto_delete": False,
+                    "arguments": arguments} for name, arguments in queues],
+        "bindings": [{"source": exchange, "vhost": vhost, "destination": queue,
+                      "destination_type": "queue", "routing_key": routing_key, "arguments": {}}
+                     for queue, exchange, routing_key in bindings],
+    }
 
 
 def properties(correlation_id, headers=None):
@@ -101,6 +126,6 @@ def publish(channel, exchange, routing_key, body, correlation_id, headers=None):
                           properties(correlation_id, headers), mandatory=True)
 
 
-def vhost_of(url):
-    path = urlsplit(url).path
-    return path[1:] if len(path) > 1 else "/"
+if __name__ == "__main__":  # python -m lega.broker > deploy/rabbitmq-definitions.json
+    from .config import DEFAULTS
+    print(json.dumps(definitions(DEFAULTS["retry"]["delays"]), indent=2))

@@ -65,6 +65,7 @@ DEFAULTS = {
 
 # settings whose values are secrets: never printed as they are
 SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key"}
+CONNECTION_STRINGS = {"broker.url", "db.dsn"}  # shown with only the password hidden
 
 LIST_SETTINGS = {"keys", "retry.delays"}
 
@@ -154,7 +155,7 @@ class Config:
         if redacted:
             for path in SECRETS:
                 current = Config(values, self.source)[path]
-                _set(values, path, redact(current) if "://" in current or "=" in current
+                _set(values, path, redact(current) if path in CONNECTION_STRINGS
                      else ("***" if current else ""))
             for key in values.get("keys", []):
                 if key.get("passphrase"):
@@ -163,14 +164,16 @@ class Config:
 
 
 def redact(secret):
-    """Hide the password of a URL or a libpq DSN."""
+    """Hide the password of a URL (user info or ``password=`` query) or a libpq DSN."""
     if "://" in secret:
         parts = urlsplit(secret)
+        netloc = parts.netloc
         if parts.password is not None:
-            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-            return urlunsplit(parts._replace(netloc=netloc))
-        return secret
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", secret)
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = userinfo.split(":", 1)[0] + ":***@" + host
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", secret)
 
 
 def load(path=None, environ=None):

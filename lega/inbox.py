@@ -37,7 +37,12 @@ class PosixInbox:
             fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise UserError(NOT_FOUND, f"The file {filepath!r} was not found in your inbox.") from None
+        except NotADirectoryError:  # a path through a file
+            raise UserError(NOT_FOUND, f"The file {filepath!r} was not found in your inbox "
+                                       "(a folder on its path is a file).") from None
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise UserError(BAD_PATH, f"The file path {filepath!r} is too long.") from None
             if e.errno != errno.ELOOP:  # e.g. permissions: ours to fix, not the submitter's
                 raise
             raise UserError(BAD_PATH, f"The file {filepath!r} became a link while being "

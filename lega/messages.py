@@ -56,7 +56,7 @@ def parse(kind, raw):
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         body = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(BAD_MESSAGE, f"The message is not valid JSON ({e}).") from None
     if not isinstance(body, dict):
         raise UserError(BAD_MESSAGE, "The message is not a JSON object.")

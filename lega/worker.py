@@ -199,8 +199,14 @@ class Worker:
 
         thread = threading.Thread(target=work, name=f"{self.name}-step", daemon=True)
         thread.start()
-        while not done.is_set():
-            self.connection.process_data_events(time_limit=1)
+        try:
+            while not done.is_set():
+                self.connection.process_data_events(time_limit=1)
+        except broker.CONNECTION_ERRORS:
+            # the message comes back by itself; never work on two at once
+            LOG.warning("lost the broker while working; waiting for the step to end")
+            done.wait()
+            raise
         thread.join()
         if "ok" in outcome:
             self.channel.basic_ack(method.delivery_tag)

@@ -1,0 +1,113 @@
+"""The programs as operators meet them: start-up errors, migrations, shipped files."""
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+
+from lega import broker
+from lega.config import DEFAULTS
+
+from conftest import BIN, DB_ADMIN_DSN, reset_database
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(program, *args, env=None, config=None, tmp_path=None):
+    command = [str(BIN / program)]
+    if config is not None:
+        path = tmp_path / "conf.yaml"
+        path.write_text(yaml.safe_dump(config))
+        command += ["--conf", str(path)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LEGA_")}
+    environ.update(env or {})
+    return subprocess.run(command + list(args), capture_output=True, text=True, env=environ,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("program", ["ega-ingest", "ega-verify", "ega-finalize"])
+def test_unknown_setting_stops_the_worker_naming_it(program, tmp_path):
+    out = run(program, config={"vault": {"locaton": "/tmp"}}, tmp_path=tmp_path)
+    assert out.returncode == 2
+    assert "vault.locaton: unknown setting" in out.stderr
+
+
+def test_wrong_broker_url_from_the_environment(tmp_path):
+    out = run("ega-finalize", env={"LEGA_BROKER_URL": "http://guest:hunter2@mq/"})
+    assert out.returncode == 2
+    assert "broker.url" in out.stderr and "amqp://" in out.stderr
+    assert "hunter2" not in out.stderr
+
+
+def test_verify_refuses_a_key_it_cannot_open(tmp_path, keys):
+    config = {"vault": {"location": str(tmp_path / "vault")},
+              "keys": [{"path": str(keys["archive"].sec), "passphrase": "not the passphrase"}]}
+    out = run("ega-verify", config=config, tmp_path=tmp_path)
+    assert out.returncode == 2
+    assert "keys[0]" in out.stderr and "passphrase" in out.stderr
+    assert "not the passphrase" not in out.stderr
+
+    config["keys"] = [{"path": str(tmp_path / "missing.sec"), "passphrase": "x"}]
+    out = run("ega-verify", config=config, tmp_path=tmp_path)
+    assert out.returncode == 2 and "keys[0].path: cannot read" in out.stderr
+
+
+def test_s3_vault_needs_its_settings(tmp_path):
+    out = run("ega-ingest", env={"LEGA_VAULT_DRIVER": "s3"})
+    assert out.returncode == 2 and "vault.s3.endpoint: missing" in out.stderr
+
+
+def test_migrate_is_idempotent_and_safe_to_run_concurrently(tmp_path):
+    dsn = reset_database(DB_ADMIN_DSN, "lega_test_migrate")
+    env = {"LEGA_DB_DSN": dsn}
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run("ega-admin", "db", "migrate", env=env), range(4)))
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    outputs = sorted(r.stdout for r in results)
+    assert sum("applied: 001_files" in o for o in outputs) == 1
+    assert sum("schema up to date" in o for o in outputs) == 3
+    assert run("ega-admin", "db", "version", env=env).stdout.strip() == "1"
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM schema_migrations")
+        assert cur.fetchone()[0] == 1
+    conn.close()
+
+
+def test_migrate_reports_an_unreachable_database(tmp_path):
+    out = run("ega-admin", "db", "migrate",
+              env={"LEGA_DB_DSN": "postgresql://lega:secretpw@127.0.0.1:1/lega"})
+    assert out.returncode == 1 and out.stderr.startswith("ega-admin: ")
+    assert "secretpw" not in out.stderr
+
+
+def test_definitions_file_matches_what_workers_declare():
+    shipped = json.loads((ROOT / "deploy" / "rabbitmq-definitions.json").read_text())
+    assert shipped == broker.definitions(DEFAULTS["retry"]["delays"])
+    names = {q["name"] for q in shipped["queues"]}
+    assert {"files", "archived", "accession", "to_cega"} <= names
+    assert {"source": "cega", "destination": "to_cega", "routing_key": "#"}.items() <= \
+        next(b for b in shipped["bindings"] if b["source"] == "cega").items()
+
+
+def test_example_configuration_is_the_defaults():
+    from lega import config
+    example = config.load(str(ROOT / "deploy" / "lega.example.yaml"), environ={})
+    assert example.as_dict(redacted=False) == config.load(None, environ={}).as_dict(redacted=False)
+
+
+def test_keys_generate(tmp_path):
+    (tmp_path / "pass").write_text("a passphrase\n")
+    out = run("ega-admin", "keys", "generate", "--sk", str(tmp_path / "k.sec"), "--pk",
+              str(tmp_path / "k.pub"), "--passphrase-file", str(tmp_path / "pass"))
+    assert out.returncode == 0, out.stderr
+    from lega.c4gh import load_private_keys
+    assert len(load_private_keys([{"path": str(tmp_path / "k.sec"),
+                                   "passphrase_file": str(tmp_path / "pass")}])) == 1
+    again = run("ega-admin", "keys", "generate", "--sk", str(tmp_path / "k.sec"), "--pk",
+                str(tmp_path / "k.pub"))
+    assert again.returncode == 1 and "not overwriting" in again.stderr
