@@ -60,8 +60,12 @@ def ingest(worker, ctx, trigger):
     if not worker.db.set_archived(file["id"], ctx, header, archive_path, archive_size,
                                   upload.size, upload.checksums(),
                                   {"sha256": body_sha256.hexdigest()}):
-        LOG.warning("the file was cancelled while being ingested: removing the copy")
-        worker.vault.delete(archive_path)
+        now = worker.db.file(file["id"])["status"]
+        if now in ("error", "disabled"):
+            LOG.warning("the file became %s while being ingested: removing the copy", now)
+            worker.vault.delete(archive_path)
+        else:  # another worker archived the same upload first: its object is this one
+            LOG.info("another worker archived it meanwhile (now %s): nothing to do", now)
         return
     hand_over_to_verify(ctx, worker.db.file(file["id"]))
 
