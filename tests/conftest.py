@@ -373,13 +373,20 @@ def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30):
     return report
 
 
+def ingest_ok(stack, filepath, size, recipients=("archive",), timeout=30, **trigger):
+    """A new user uploads a file of ``size`` random bytes, Central EGA triggers it, and
+    it must become ready, all checked; returns (user, plaintext, uploaded, report)."""
+    user = stack.new_user()
+    plaintext = os.urandom(size)
+    uploaded = stack.upload(user, filepath, plaintext, recipients)
+    stack.trigger(user, filepath, **trigger)
+    return user, plaintext, uploaded, assert_ready(stack, user, filepath, plaintext, uploaded,
+                                                   timeout)
+
+
 def assert_good_file_completes(stack):
     """After any error, the next good file still goes all the way."""
-    user = stack.new_user()
-    plaintext = os.urandom(70_000)
-    uploaded = stack.upload(user, "next.c4gh", plaintext)
-    stack.trigger(user, "next.c4gh")
-    assert_ready(stack, user, "next.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "next.c4gh", 70_000)
 
 
 def assert_user_error(stack, user, filepath, code, vault_before, processing=True):

@@ -10,44 +10,28 @@ import pytest
 
 from lega.cega_simulator import new_accession_id
 
-from conftest import BIN, assert_ready, plaintext_checksums
+from conftest import BIN, assert_ready, ingest_ok, plaintext_checksums
 
 
 @pytest.mark.parametrize("size", [1_000, 0, 65_536, 200_000], ids=["small", "empty",
                                                                      "one-segment",
                                                                      "multi-segment"])
 def test_file_becomes_ready(stack, size):
-    user = stack.new_user()
-    plaintext = os.urandom(size)
-    uploaded = stack.upload(user, "genome.c4gh", plaintext)
-    stack.trigger(user, "genome.c4gh")
-    assert_ready(stack, user, "genome.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "genome.c4gh", size)
 
 
 def test_file_in_a_subfolder(stack):
-    user = stack.new_user()
-    plaintext = os.urandom(5_000)
-    uploaded = stack.upload(user, "run 1/lane-2/reads.fastq.c4gh", plaintext)
-    stack.trigger(user, "run 1/lane-2/reads.fastq.c4gh")
-    assert_ready(stack, user, "run 1/lane-2/reads.fastq.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "run 1/lane-2/reads.fastq.c4gh", 5_000)
 
 
 def test_file_for_two_recipients(stack):
     """Encrypted for another archive and for us: we open our packet, ignore theirs."""
-    user = stack.new_user()
-    plaintext = os.urandom(100_000)
-    uploaded = stack.upload(user, "shared.c4gh", plaintext, recipients=("other", "archive"))
-    stack.trigger(user, "shared.c4gh")
-    assert_ready(stack, user, "shared.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "shared.c4gh", 100_000, recipients=("other", "archive"))
 
 
 def test_file_for_a_rotated_key(stack):
     """Encrypted for the archive's older key, still configured: verify finds it."""
-    user = stack.new_user()
-    plaintext = os.urandom(3_000)
-    uploaded = stack.upload(user, "old.c4gh", plaintext, recipients=("old",))
-    stack.trigger(user, "old.c4gh")
-    assert_ready(stack, user, "old.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "old.c4gh", 3_000, recipients=("old",))
 
 
 def test_trigger_with_correct_encrypted_checksums(stack):
@@ -101,11 +85,7 @@ def test_admin_file_json(stack):
 
 
 def test_header_is_in_the_database_not_in_messages(stack):
-    user = stack.new_user()
-    plaintext = os.urandom(1_000)
-    uploaded = stack.upload(user, "h.c4gh", plaintext)
-    stack.trigger(user, "h.c4gh")
-    report = assert_ready(stack, user, "h.c4gh", plaintext, uploaded)
+    user, _, uploaded, report = ingest_ok(stack, "h.c4gh", 1_000)
     header = bytes(stack.db.file(report["file_id"])["header"])
     assert uploaded.startswith(header) and len(header) == len(uploaded) - report["archive_size"]
     for _, message, _ in stack.cega.messages(user):
@@ -113,11 +93,7 @@ def test_header_is_in_the_database_not_in_messages(stack):
 
 
 def test_trigger_sent_again_changes_nothing(stack):
-    user = stack.new_user()
-    plaintext = os.urandom(4_000)
-    uploaded = stack.upload(user, "twice.c4gh", plaintext)
-    stack.trigger(user, "twice.c4gh")
-    first = assert_ready(stack, user, "twice.c4gh", plaintext, uploaded)
+    user, _, _, first = ingest_ok(stack, "twice.c4gh", 4_000)
     vault_before = stack.vault_files()
     stack.trigger(user, "twice.c4gh")
     stack.trigger(user, "twice.c4gh")
@@ -133,11 +109,7 @@ def test_trigger_sent_again_changes_nothing(stack):
 
 
 def test_cancel_then_ingest_again(stack):
-    user = stack.new_user()
-    plaintext = os.urandom(9_000)
-    uploaded = stack.upload(user, "redo.c4gh", plaintext)
-    stack.trigger(user, "redo.c4gh")
-    first = assert_ready(stack, user, "redo.c4gh", plaintext, uploaded)
+    user, plaintext, uploaded, first = ingest_ok(stack, "redo.c4gh", 9_000)
     stack.send("files", {"type": "cancel", "user": user, "filepath": "redo.c4gh"})
     cancelled = stack.wait_status(user, "redo.c4gh", "disabled")
     assert cancelled["file_id"] == first["file_id"]
@@ -188,8 +160,4 @@ def test_sigterm_stops_a_worker_cleanly(stack):
     extra.send_signal(signal.SIGTERM)
     assert extra.wait(timeout=15) == 0
     assert "stopped" in (stack.root / "ingest-extra.log").read_text()
-    user = stack.new_user()  # the other ingest worker carries on
-    plaintext = os.urandom(1_000)
-    uploaded = stack.upload(user, "any.c4gh", plaintext)
-    stack.trigger(user, "any.c4gh")
-    assert_ready(stack, user, "any.c4gh", plaintext, uploaded)
+    ingest_ok(stack, "any.c4gh", 1_000)  # the other ingest worker carries on

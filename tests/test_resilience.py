@@ -7,16 +7,12 @@ import time
 
 import pytest
 
-from conftest import BROKER_URL, assert_ready, plaintext_checksums
+from conftest import BROKER_URL, assert_ready, ingest_ok, plaintext_checksums
 
 
 def test_large_file_streams_through(stack):
     """Many read chunks and ~750 segments, checked byte for byte at both ends."""
-    user = stack.new_user()
-    plaintext = os.urandom(48 * 1024 * 1024 + 12_345)
-    uploaded = stack.upload(user, "big.c4gh", plaintext)
-    stack.trigger(user, "big.c4gh")
-    assert_ready(stack, user, "big.c4gh", plaintext, uploaded, timeout=120)
+    ingest_ok(stack, "big.c4gh", 48 * 1024 * 1024 + 12_345, timeout=120)
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None or "/lega_test" not in BROKER_URL,
