@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test stop services venv clean
+.PHONY: demo test lint stop services venv clean
 
 # the virtual environment with lega and its pinned dependencies (and pytest)
 $(BIN)/ega-ingest: setup.py requirements.txt requirements-dev.txt
@@ -19,9 +19,13 @@ services:
 demo: venv services
 	@scripts/demo.sh
 
-# everything the tests need, then the whole suite against the real services
-test: venv services
+# everything the tests need, then the static checks and the whole suite against the
+# real services
+test: venv services lint
 	@$(BIN)/python -m pytest -q tests
+
+lint: venv
+	@$(BIN)/ruff check lega tests setup.py
 
 # stops the demo's workers (and the services the demo started)
 stop:

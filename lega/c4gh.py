@@ -164,7 +164,7 @@ def load_private_keys(key_settings):
                 raise ConfigError(f"keys[{i}].passphrase_file: cannot read "
                                   f"{setting['passphrase_file']}: {e.strerror}") from None
         try:
-            raw = crypt4gh.keys.get_private_key(path, lambda: str(passphrase or ""))
+            raw = crypt4gh.keys.get_private_key(path, lambda p=passphrase: str(p or ""))
         except OSError as e:
             raise ConfigError(f"keys[{i}].path: cannot read {path}: {e.strerror}") from None
         except (SystemExit, Exception):  # crypt4gh exits on a wrong passphrase

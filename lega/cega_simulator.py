@@ -63,7 +63,8 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             except ValueError:
                 message = body.decode("utf-8", "replace")
             on_message(method.routing_key, message, props)
-            if method.routing_key == "files.verified" and isinstance(message, dict) and answer(message):
+            if (method.routing_key == "files.verified" and isinstance(message, dict)
+                    and answer(message)):
                 reply = accession_for(message)
                 broker.publish(channel, "", broker.ACCESSION_QUEUE, reply, props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],

@@ -128,7 +128,8 @@ class Database:
 
     def _event(self, cur, file_id, status, ctx, code=None, reason=None):
         cur.execute("""INSERT INTO file_events
-                           (file_id, status, worker, correlation_id, message, error_code, error_reason)
+                           (file_id, status, worker, correlation_id, message,
+                            error_code, error_reason)
                        VALUES (%s, %s, %s, %s, %s, %s, %s)""",
                     (file_id, status, self.worker, ctx.correlation_id, ctx.raw_text, code, reason))
 
@@ -146,7 +147,8 @@ class Database:
         for kind, value in values.items():
             cur.execute("""INSERT INTO checksums (file_id, source, type, value)
                            VALUES (%s, %s, %s, %s)
-                           ON CONFLICT (file_id, source, type) DO UPDATE SET value = excluded.value""",
+                           ON CONFLICT (file_id, source, type)
+                               DO UPDATE SET value = excluded.value""",
                         (file_id, source, kind, value.lower()))
 
     def claim_for_ingest(self, user, filepath, ctx):
@@ -172,7 +174,8 @@ class Database:
         with self.transaction() as cur:
             moved = self._move(cur, file_id, ["submitted"], "archived", ctx,
                                sets=""", header = %s, archive_path = %s, archive_size = %s,
-                                         upload_size = %s, error_code = NULL, error_reason = NULL""",
+                                         upload_size = %s,
+                                         error_code = NULL, error_reason = NULL""",
                                args=(header, archive_path, archive_size, upload_size))
             if moved:
                 self._store_checksums(cur, file_id, "uploaded", uploaded)

@@ -22,7 +22,8 @@ LOG = logging.getLogger("lega.finalize")
 
 
 def handle(worker, ctx, accession):
-    user, filepath, accession_id = accession["user"], accession["filepath"], accession["accession_id"]
+    user, filepath = accession["user"], accession["filepath"]
+    accession_id = accession["accession_id"]
     file = worker.db.latest_file(user, filepath)
     if file is None:
         raise NotReady("no file is being ingested under this path yet")

@@ -36,7 +36,8 @@ class PosixInbox:
         try:
             fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            raise UserError(NOT_FOUND, f"The file {filepath!r} was not found in your inbox.") from None
+            raise UserError(NOT_FOUND,
+                            f"The file {filepath!r} was not found in your inbox.") from None
         except NotADirectoryError:  # a path through a file
             raise UserError(NOT_FOUND, f"The file {filepath!r} was not found in your inbox "
                                        "(a folder on its path is a file).") from None

@@ -144,7 +144,8 @@ class CentralEGA:
             return [(rk, m, p) for rk, m, p in self.received
                     if (routing_key is None or rk == routing_key)
                     and (user is None or (isinstance(m, dict) and m.get("user") == user))
-                    and (filepath is None or (isinstance(m, dict) and m.get("filepath") == filepath))]
+                    and (filepath is None
+                         or (isinstance(m, dict) and m.get("filepath") == filepath))]
 
     def wait_for(self, predicate, timeout=30, what="a message"):
         deadline = time.monotonic() + timeout
