@@ -52,12 +52,13 @@ with open(sys.argv[1], "w") as f:
         f.write(f"@read{i}\n{seq}\n+\n{'I' * 60}\n")
 PY
 [ -f data/submitter/submitter.sec ] || crypt4gh-keygen -f --nocrypt \
-  --sk data/submitter/submitter.sec --pk data/submitter/submitter.pub >/dev/null
+  --sk data/submitter/submitter.sec --pk data/submitter/submitter.pub >/dev/null 2>&1
 mkdir -p "data/inbox/$user/runs"
 crypt4gh encrypt --sk data/submitter/submitter.sec --recipient_pk data/keys/archive.pub \
   <"data/submitter/$name" >"data/inbox/$user/runs/$name.c4gh"
 filepath="runs/$name.c4gh"
-ls -l "data/submitter/$name" "data/inbox/$user/$filepath"
+echo "original:  data/submitter/$name ($(stat -c %s "data/submitter/$name") bytes)"
+echo "uploaded:  data/inbox/$user/$filepath ($(stat -c %s "data/inbox/$user/$filepath") bytes)"
 
 step "Central EGA asks LocalEGA to ingest $user:$filepath"
 ega-cega-simulator ingest "$user" "$filepath"
@@ -100,7 +101,8 @@ ega-admin file "$user" "$filepath" | grep -E "decrypted_checksums|accession_id|s
 cat <<MSG
 
 Done. The stack keeps running:
-  ega-admin file $user $filepath          the file, its checksums and history
+  .venv/bin/ega-admin file $user $filepath
+                                          the file, its checksums and history
   ls -R data/vault                        the archived bodies (named by file id)
   tail -f data/log/*.log                  what the workers are doing
   make demo                               ingest another sample file
