@@ -28,9 +28,11 @@ TO_CEGA_QUEUE = "to_cega"          # bound to cega with '#': held until shipped 
 DEAD_LETTERS = "lega.dead_letters"
 
 # what a broken connection looks like to pika's blocking adapter
+# (pika's own: an OSError from a step, such as a full disk, is not a broker problem)
 CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionClosed,
                      pika.exceptions.ChannelClosed, pika.exceptions.StreamLostError,
-                     ConnectionError, OSError)
+                     pika.exceptions.ConnectionWrongStateError,
+                     pika.exceptions.ChannelWrongStateError)
 
 
 def retry_exchange(delay_seconds):

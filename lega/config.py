@@ -17,6 +17,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+S3_DEFAULTS = {
+    "endpoint": "",        # empty: AWS itself
+    "bucket": "",
+    "access_key": "",      # empty: boto3's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, roles)
+    "secret_key": "",
+    "region": "us-east-1",
+    "addressing": "path",  # path (https://host/bucket/key) or virtual (https://bucket.host/key)
+    "ca_bundle": "",       # CA certificates file for a private TLS endpoint
+}
+
 DEFAULTS = {
     "broker": {
         # vhost included: one vhost per LocalEGA
@@ -30,17 +40,21 @@ DEFAULTS = {
         "dsn": "postgresql://lega:lega@127.0.0.1:5432/lega",
     },
     "inbox": {
+        "driver": "posix",
         "location": "data/inbox",
+        # inbox.driver s3: one prefix per user, <bucket>/<user>/<filepath>
+        "s3": {**S3_DEFAULTS},
     },
     "vault": {
         "driver": "posix",
         "location": "data/vault",
         "s3": {
-            "endpoint": "",
-            "bucket": "",
-            "access_key": "",
-            "secret_key": "",
-            "region": "us-east-1",
+            **S3_DEFAULTS,
+            # make the bucket at start when it is missing
+            "create_bucket": True,
+            # multipart uploads use parts of at least this size, larger for files of
+            # more than 10,000 of them (S3's limit); one part is held in memory
+            "min_part_size": 16 * 1024 * 1024,
         },
     },
     # verify's private keys, for rotation several may be given
@@ -64,7 +78,8 @@ DEFAULTS = {
 }
 
 # settings whose values are secrets: never printed as they are
-SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key"}
+SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key",
+           "inbox.s3.access_key", "inbox.s3.secret_key"}
 CONNECTION_STRINGS = {"broker.url", "db.dsn"}  # shown with only the password hidden
 
 LIST_SETTINGS = {"keys", "retry.delays"}
@@ -150,6 +165,10 @@ class Config:
             node = node[part]
         return node
 
+    def section(self, path):
+        """A copy of the settings under ``path`` (e.g. "vault.s3") as a dict."""
+        return copy.deepcopy(self[path])
+
     def as_dict(self, redacted=True):
         values = copy.deepcopy(self._values)
         if redacted:
@@ -233,18 +252,23 @@ def _check(config):
         raise ConfigError(f"broker.url: must start with amqp:// or amqps://, got {redact(url)}")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
-    if not config["inbox.location"]:
-        raise ConfigError("inbox.location: missing (the inbox root folder)")
-    driver = config["vault.driver"]
-    if driver == "posix":
-        if not config["vault.location"]:
-            raise ConfigError("vault.location: missing (the vault root folder)")
-    elif driver == "s3":
-        for setting in ("endpoint", "bucket", "access_key", "secret_key"):
-            if not config[f"vault.s3.{setting}"]:
-                raise ConfigError(f"vault.s3.{setting}: missing (needed with vault.driver: s3)")
-    else:
-        raise ConfigError(f"vault.driver: must be posix or s3, got {driver!r}")
+    for store in ("inbox", "vault"):
+        driver = config[f"{store}.driver"]
+        if driver == "posix":
+            if not config[f"{store}.location"]:
+                raise ConfigError(f"{store}.location: missing (the {store} root folder)")
+        elif driver == "s3":
+            if not config[f"{store}.s3.bucket"]:
+                raise ConfigError(f"{store}.s3.bucket: missing (needed with {store}.driver: s3)")
+            if config[f"{store}.s3.addressing"] not in ("path", "virtual", "auto"):
+                raise ConfigError(f"{store}.s3.addressing: must be path, virtual or auto")
+            ca_bundle = config[f"{store}.s3.ca_bundle"]
+            if ca_bundle and not os.path.isfile(ca_bundle):
+                raise ConfigError(f"{store}.s3.ca_bundle: no such file {ca_bundle}")
+        else:
+            raise ConfigError(f"{store}.driver: must be posix or s3, got {driver!r}")
+    if config["vault.s3.min_part_size"] < 5 * 1024 * 1024:
+        raise ConfigError("vault.s3.min_part_size: S3 parts are at least 5 MiB (5242880)")
     delays = config["retry.delays"]
     if not delays or not all(isinstance(d, (int, float)) and d > 0 for d in delays):
         raise ConfigError(f"retry.delays: expected a list of positive seconds, got {delays!r}")

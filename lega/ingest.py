@@ -12,10 +12,9 @@ A ``cancel`` on the same queue removes the archived copy and disables the file.
 import hashlib
 import logging
 
-from . import broker, messages
+from . import broker, inbox, messages
 from .c4gh import read_header
 from .errors import CHECKSUM_MISMATCH, UserError
-from .inbox import PosixInbox
 from .worker import main as worker_main
 
 LOG = logging.getLogger("lega.ingest")
@@ -46,7 +45,7 @@ def ingest(worker, ctx, trigger):
 
         archive_path = worker.vault.path_for(file["id"])
         body_sha256 = hashlib.sha256()
-        with worker.vault.writer(archive_path) as vault_object:
+        with worker.vault.writer(archive_path, size_hint=size - len(header)) as vault_object:
             chunk_size = worker.config["ingest.chunk_size"]
             while chunk := upload.read(chunk_size):
                 body_sha256.update(chunk)
@@ -137,7 +136,7 @@ class ChecksummingReader:
 
 
 def prepare(worker):
-    worker.inbox = PosixInbox(worker.config["inbox.location"])
+    worker.inbox = inbox.from_config(worker.config)
 
 
 def main(argv=None):

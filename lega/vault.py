@@ -5,9 +5,16 @@ object visible only when ``commit`` is called, so a reader never sees a partial
 object: a crash or an ``abort`` leaves nothing under the file's name.
 """
 
+import logging
 import os
 import secrets
 from pathlib import Path
+
+import botocore.exceptions
+
+from . import s3
+
+LOG = logging.getLogger(__name__)
 
 
 class VaultWriter:
@@ -38,7 +45,9 @@ class Vault:
         """The archive path of a file id (what is recorded and put in messages)."""
         raise NotImplementedError
 
-    def writer(self, archive_path):
+    def writer(self, archive_path, size_hint=None):
+        """A writer for the object; ``size_hint`` is the expected size (for part sizes).
+        Leftovers of an earlier, interrupted attempt at the same object are removed."""
         raise NotImplementedError
 
     def open(self, archive_path):
@@ -61,6 +70,8 @@ class _PosixWriter(VaultWriter):
     def __init__(self, final):
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.*.part"):  # an interrupted attempt
+            stale.unlink(missing_ok=True)
         self.tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.part"
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         self.f = os.fdopen(fd, "wb", buffering=0)
@@ -110,7 +121,7 @@ class PosixVault(Vault):
             raise ValueError(f"archive path {archive_path!r} is outside the vault")
         return path
 
-    def writer(self, archive_path):
+    def writer(self, archive_path, size_hint=None):
         return _PosixWriter(self._file(archive_path))
 
     def open(self, archive_path):
@@ -134,8 +145,126 @@ class PosixVault(Vault):
             raise PermissionError(f"vault {self.root} is not writable")
 
 
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB   # S3's smallest part (but the last)
+MAX_PARTS = 10_000        # S3's most parts in one upload
+
+
+def part_size_for(size, minimum):
+    """The smallest whole number of MiB, at least ``minimum``, that uploads ``size``
+    bytes in at most 10,000 parts."""
+    needed = -(-(size or 0) // MAX_PARTS)
+    return max(minimum, -(-needed // MIB) * MIB)
+
+
+class _S3Writer(VaultWriter):
+    """A multipart upload, one part buffered at a time; a body smaller than one part is
+    a single PUT. The object appears only when the upload is completed."""
+
+    def __init__(self, client, bucket, key, part_size):
+        self.s3, self.bucket, self.key, self.part_size = client, bucket, key, part_size
+        self.buffer = bytearray()
+        self.upload_id = None
+        self.parts = []
+        abort_uploads(client, bucket, key)  # an interrupted attempt: start clean
+
+    def _upload_part(self, data):
+        if self.upload_id is None:
+            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket,
+                                                             Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                   PartNumber=number, Body=data)["ETag"]
+        self.parts.append({"PartNumber": number, "ETag": etag})
+
+    def write(self, chunk):
+        self.buffer += chunk
+        while len(self.buffer) >= self.part_size:
+            part = bytes(memoryview(self.buffer)[:self.part_size])
+            del self.buffer[:self.part_size]
+            self._upload_part(part)
+
+    def commit(self):
+        try:
+            if self.upload_id is None:
+                self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+            else:
+                if self.buffer:
+                    self._upload_part(bytes(self.buffer))
+                self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                  UploadId=self.upload_id,
+                                                  MultipartUpload={"Parts": self.parts})
+        except BaseException:
+            self.abort()
+            raise
+        self.buffer = bytearray()
+
+    def abort(self):
+        self.buffer = bytearray()
+        if self.upload_id is not None:
+            try:
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                               UploadId=self.upload_id)
+            except Exception as e:  # S3 away: the next attempt at this object cleans up
+                LOG.warning("could not abort the upload of %s: %s", self.key, e)
+            self.upload_id = None
+
+
+def abort_uploads(client, bucket, key):
+    """Abort every unfinished multipart upload of ``key``."""
+    listing = client.list_multipart_uploads(Bucket=bucket, Prefix=key)
+    for upload in listing.get("Uploads", []):
+        if upload["Key"] == key:
+            LOG.info("aborting an unfinished upload of %s from an earlier attempt", key)
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+
+
+class S3Vault(Vault):
+    """Objects are ``<bucket>/<file id>``."""
+
+    def __init__(self, settings, min_part_size, create_bucket):
+        self.s3 = s3.client(settings)
+        self.bucket = settings["bucket"]
+        self.min_part_size = max(min_part_size, MIN_PART_SIZE)
+        self.create_bucket = create_bucket
+
+    def path_for(self, file_id):
+        return str(file_id)
+
+    def writer(self, archive_path, size_hint=None):
+        return _S3Writer(self.s3, self.bucket, archive_path,
+                         part_size_for(size_hint, self.min_part_size))
+
+    def open(self, archive_path):
+        return s3.ObjectReader(self.s3, self.bucket, archive_path)
+
+    def size(self, archive_path):
+        return s3.object_size(self.s3, self.bucket, archive_path)
+
+    def delete(self, archive_path):
+        try:
+            s3.object_size(self.s3, self.bucket, archive_path)
+        except FileNotFoundError:
+            return False
+        self.s3.delete_object(Bucket=self.bucket, Key=archive_path)
+        return True
+
+    def check(self):
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            if not s3.is_missing(e) or not self.create_bucket:
+                raise
+            LOG.info("creating the vault bucket %s", self.bucket)
+            try:
+                self.s3.create_bucket(Bucket=self.bucket)
+            except self.s3.exceptions.BucketAlreadyOwnedByYou:
+                pass
+
+
 def from_config(config):
     driver = config["vault.driver"]
-    if driver == "posix":
-        return PosixVault(config["vault.location"])
-    raise NotImplementedError(f"vault.driver {driver!r} is not available in this version")
+    if driver == "s3":
+        return S3Vault(config.section("vault.s3"), config["vault.s3.min_part_size"],
+                       config["vault.s3.create_bucket"])
+    return PosixVault(config["vault.location"])

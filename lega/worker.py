@@ -32,7 +32,7 @@ import uuid
 
 import pika.exceptions
 
-from . import broker, config as lega_config, messages
+from . import broker, config as lega_config, messages, vault as lega_vault
 from .db import Database
 from .errors import NotReady, UserError
 
@@ -325,6 +325,23 @@ def stop_on_signals():
     return stopping
 
 
+def wait_until_usable(what, check, config, stopping):
+    """Run ``check`` until it passes, waiting longer each time: a service that is not
+    up yet (S3 starting with the stack) is waited for, and said so in the log. A local
+    folder that cannot be used (OSError) is a set-up error and stops the worker."""
+    delay = config["broker.reconnect_delay"]
+    while not stopping.is_set():
+        try:
+            return check()
+        except OSError:
+            raise
+        except Exception as e:
+            LOG.warning("%s is not usable yet (%s); trying again in %.0fs", what,
+                        lega_config.redact(str(e)), delay)
+            stopping.wait(delay)
+            delay = min(delay * 2, config["broker.reconnect_max_delay"])
+
+
 def main(name, queue, kind, handle, argv=None, prepare=None):
     """Command-line entry of a worker: ``ega-<name> [--conf PATH]``."""
     import argparse
@@ -337,16 +354,15 @@ def main(name, queue, kind, handle, argv=None, prepare=None):
     try:
         config = lega_config.load(args.conf)
         setup_logging(config["log.level"])
-        from . import vault as lega_vault
         vault = lega_vault.from_config(config)
-        vault.check()
         worker = Worker(name, queue, kind, handle, config, vault=vault, stopping=stopping)
         if prepare is not None:
             prepare(worker)
+        wait_until_usable("the vault", vault.check, config, stopping)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
         return 2
-    except (NotImplementedError, OSError) as e:
+    except OSError as e:
         print(f"ega-{name}: cannot start: {e}", file=sys.stderr)
         return 2
     LOG.info("starting %s with %s (broker %s)", worker.ident, config.source,

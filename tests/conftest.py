@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,8 @@ import crypt4gh.lib
 
 from lega import admin, broker, cega_simulator
 from lega.db import Database
+
+import seaweed
 
 BIN = Path(sys.executable).parent
 BROKER_URL = os.environ.get("LEGA_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/lega_test")
@@ -167,14 +170,90 @@ class CentralEGA:
         return self.wait_for(match, timeout, f"{routing_key} for {user}:{filepath}")[1]
 
 
+# -- where files are: the same questions for a folder and for a bucket --------------------
+
+class FolderStore:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, key, data):
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def read(self, key):
+        return (self.root / key).read_bytes()
+
+    def exists(self, key):
+        return (self.root / key).exists()
+
+    def delete(self, key):
+        (self.root / key).unlink()
+
+    def flip_byte(self, key, offset):
+        with open(self.root / key, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+    def listing(self):
+        """Every file, temporary ones included."""
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file())
+
+
+class BucketStore:
+    def __init__(self, client, bucket):
+        self.s3, self.bucket = client, bucket
+
+    def put(self, key, data):
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def read(self, key):
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def exists(self, key):
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except self.s3.exceptions.ClientError:
+            return False
+
+    def delete(self, key):
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def flip_byte(self, key, offset):
+        data = bytearray(self.read(key))
+        data[offset] ^= 0xFF
+        self.put(key, bytes(data))
+
+    def uploads(self):
+        """Unfinished multipart uploads."""
+        try:
+            return self.s3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        except self.s3.exceptions.NoSuchBucket:
+            return []
+
+    def listing(self):
+        """Every object, and every unfinished multipart upload."""
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        except self.s3.exceptions.NoSuchBucket:
+            keys = []
+        return sorted(keys + [f"unfinished upload of {u['Key']}" for u in self.uploads()])
+
+
 # -- the stack ----------------------------------------------------------------------------
 
 class Stack:
-    def __init__(self, root, config_path, config, cega, keys):
+    def __init__(self, root, config_path, config, cega, keys, inbox, vault):
         self.root = root
         self.config_path = config_path
-        self.inbox = Path(config["inbox"]["location"])
-        self.vault = Path(config["vault"]["location"])
+        self.driver = config["vault"]["driver"]
+        self.inbox = inbox  # a FolderStore or a BucketStore
+        self.vault = vault
         self.cega = cega
         self.keys = keys
         self.db = Database(config["db"]["dsn"], worker="tests")
@@ -204,14 +283,12 @@ class Stack:
     # submitters
     def new_user(self):
         user = f"user-{uuid.uuid4().hex[:10]}"
-        (self.inbox / user).mkdir(parents=True)
+        if isinstance(self.inbox, FolderStore):
+            (self.inbox.root / user).mkdir(parents=True)
         return user
 
     def put(self, user, filepath, data):
-        path = self.inbox / user / filepath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path
+        self.inbox.put(f"{user}/{filepath}", data)
 
     def upload(self, user, filepath, plaintext, recipients=("archive",)):
         data = encrypt(plaintext, self.keys, recipients)
@@ -254,12 +331,21 @@ class Stack:
                              f"{self.report(user, filepath)}\n{self.logs()}")
 
     def vault_files(self):
-        return sorted(str(p.relative_to(self.vault)) for p in self.vault.rglob("*") if p.is_file())
+        return self.vault.listing()
 
     def count_files(self):
         with self.db.transaction() as cur:
             cur.execute("SELECT count(*) AS n FROM files")
             return cur.fetchone()["n"]
+
+
+posix_only = pytest.mark.usefixtures("needs_posix_inbox")
+
+
+@pytest.fixture
+def needs_posix_inbox(stack):
+    if not isinstance(stack.inbox, FolderStore):
+        pytest.skip("symbolic links exist in a POSIX inbox only")
 
 
 def reset_database(dsn_admin, name):
@@ -287,15 +373,40 @@ def reset_broker(url):
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, keys):
-    root = tmp_path_factory.mktemp("lega")
+def s3_server(tmp_path_factory):
+    """A real S3 server: LEGA_TEST_S3_ENDPOINT (with LEGA_TEST_S3_ACCESS_KEY and
+    LEGA_TEST_S3_SECRET_KEY) when given, else SeaweedFS started here and stopped after."""
+    if os.environ.get("LEGA_TEST_S3_ENDPOINT"):
+        yield {"endpoint": os.environ["LEGA_TEST_S3_ENDPOINT"],
+               "access_key": os.environ.get("LEGA_TEST_S3_ACCESS_KEY", ""),
+               "secret_key": os.environ.get("LEGA_TEST_S3_SECRET_KEY", "")}
+        return
+    server = seaweed.SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield {"endpoint": server.endpoint, "access_key": seaweed.ACCESS_KEY,
+           "secret_key": seaweed.SECRET_KEY}
+    server.stop()
+
+
+def s3_client(endpoint, access_key, secret_key):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                        config=Config(s3={"addressing_style": "path"},
+                                      request_checksum_calculation="when_required",
+                                      response_checksum_validation="when_required"))
+
+
+@pytest.fixture(scope="session", params=["posix", "s3"])
+def stack(request, tmp_path_factory, keys):
+    """The whole pipeline, once with a POSIX inbox and vault, once with S3 ones (reached
+    through a proxy that the tests can cut, to make S3 unreachable)."""
+    root = tmp_path_factory.mktemp(f"lega-{request.param}")
     dsn = reset_database(DB_ADMIN_DSN, DB_NAME)
     reset_broker(BROKER_URL)
     config = {
         "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
         "db": {"dsn": dsn},
-        "inbox": {"location": str(root / "inbox")},
-        "vault": {"driver": "posix", "location": str(root / "vault")},
         "keys": [
             {"path": str(keys["old"].sec), "passphrase": keys["old"].passphrase},
             {"path": str(keys["archive"].sec),
@@ -304,7 +415,25 @@ def stack(tmp_path_factory, keys):
         "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
         "log": {"level": "DEBUG"},
     }
-    (root / "inbox").mkdir()
+    proxy = None
+    if request.param == "posix":
+        config["inbox"] = {"location": str(root / "inbox")}
+        config["vault"] = {"driver": "posix", "location": str(root / "vault")}
+        inbox, vault = FolderStore(root / "inbox"), FolderStore(root / "vault")
+    else:
+        server = request.getfixturevalue("s3_server")
+        proxy = TcpProxy(server["endpoint"])
+        (root / "s3-secret").write_text(server["secret_key"] + "\n")
+        suffix = uuid.uuid4().hex[:8]
+        s3_settings = {"endpoint": proxy.endpoint, "access_key": server["access_key"],
+                       "secret_key_file": str(root / "s3-secret")}
+        config["inbox"] = {"driver": "s3", "s3": {**s3_settings, "bucket": f"inbox-{suffix}"}}
+        config["vault"] = {"driver": "s3", "s3": {**s3_settings, "bucket": f"vault-{suffix}",
+                                                  "min_part_size": 5 * 1024 * 1024}}
+        client = s3_client(server["endpoint"], server["access_key"], server["secret_key"])
+        client.create_bucket(Bucket=f"inbox-{suffix}")  # the vault's: made by the workers
+        inbox = BucketStore(client, f"inbox-{suffix}")
+        vault = BucketStore(client, f"vault-{suffix}")
     config_path = root / "lega.yaml"
     config_path.write_text(yaml.safe_dump(config))
     migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db", "migrate"],
@@ -312,7 +441,8 @@ def stack(tmp_path_factory, keys):
     assert migrate.returncode == 0, migrate.stderr
 
     cega = CentralEGA(BROKER_URL)
-    stack = Stack(root, config_path, config, cega, keys)
+    stack = Stack(root, config_path, config, cega, keys, inbox, vault)
+    stack.proxy = proxy
     for name in WORKERS:
         stack.start_worker(name)
     for name in WORKERS:
@@ -330,6 +460,87 @@ def stack(tmp_path_factory, keys):
     cega.stop.set()
     cega.thread.join(timeout=5)
     stack.db.close()
+    if proxy is not None:
+        proxy.close()
+
+
+@pytest.fixture(autouse=True)
+def no_unfinished_uploads(request):
+    """After every test on S3: no incomplete multipart upload is left in the vault."""
+    yield
+    if "stack" in request.fixturenames:
+        stack = request.getfixturevalue("stack")
+        if isinstance(stack.vault, BucketStore):
+            assert stack.vault.uploads() == []
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to an endpoint; ``down()`` refuses new connections and
+    cuts the open ones (the service is unreachable), ``up()`` lets them through again."""
+
+    def __init__(self, endpoint):
+        from urllib.parse import urlsplit
+        target = urlsplit(endpoint)
+        self.target = (target.hostname, target.port)
+        self.port = seaweed.free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        self.sockets = set()
+        self.listener = None
+        self.up()
+
+    def up(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self):
+        self.listener.close()
+        with self.lock:
+            for sock in list(self.sockets):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.sockets.clear()
+
+    close = down
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                for sock in (source, sink):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    sock.close()
+                    self.sockets.discard(sock)
 
 
 # -- checks shared by the tests -------------------------------------------------------------
@@ -366,7 +577,7 @@ def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30):
     assert report["error"] is None
 
     # the vault object is exactly the upload minus its header
-    body = (stack.vault / report["archive_path"]).read_bytes()
+    body = stack.vault.read(report["archive_path"])
     assert body == uploaded[header_length(uploaded):]
     assert report["archive_size"] == len(body)
     assert {c["type"]: c["value"] for c in report["encrypted_checksums"]} == {

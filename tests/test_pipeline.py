@@ -10,7 +10,7 @@ import pytest
 
 from lega.cega_simulator import new_accession_id
 
-from conftest import BIN, assert_ready, ingest_ok, plaintext_checksums
+from conftest import BIN, assert_ready, ingest_ok, plaintext_checksums, posix_only
 
 
 @pytest.mark.parametrize("size", [1_000, 0, 65_536, 200_000], ids=["small", "empty",
@@ -52,11 +52,12 @@ def test_trigger_without_type(stack):
     assert_ready(stack, user, "untyped.c4gh", plaintext, uploaded)
 
 
+@posix_only
 def test_symlink_inside_the_inbox_is_followed(stack):
     user = stack.new_user()
     plaintext = os.urandom(2_000)
     uploaded = stack.upload(user, "real/data.c4gh", plaintext)
-    os.symlink("real/data.c4gh", stack.inbox / user / "alias.c4gh")
+    os.symlink("real/data.c4gh", stack.inbox.root / user / "alias.c4gh")
     stack.trigger(user, "alias.c4gh")
     assert_ready(stack, user, "alias.c4gh", plaintext, uploaded)
 
@@ -113,7 +114,7 @@ def test_cancel_then_ingest_again(stack):
     stack.send("files", {"type": "cancel", "user": user, "filepath": "redo.c4gh"})
     cancelled = stack.wait_status(user, "redo.c4gh", "disabled")
     assert cancelled["file_id"] == first["file_id"]
-    assert not (stack.vault / first["archive_path"]).exists()
+    assert not stack.vault.exists(first["archive_path"])
 
     # a later ingest of the same path starts afresh: a new file, a new accession
     stack.cega.received.clear()
@@ -121,7 +122,7 @@ def test_cancel_then_ingest_again(stack):
     second = assert_ready(stack, user, "redo.c4gh", plaintext, uploaded)
     assert second["file_id"] != first["file_id"]
     assert second["accession_id"] != first["accession_id"]
-    assert not (stack.vault / first["archive_path"]).exists()
+    assert not stack.vault.exists(first["archive_path"])
 
 
 def test_cancel_of_unknown_file_is_a_no_op(stack):

@@ -55,7 +55,7 @@ def test_same_trigger_on_two_ingest_workers_at_once(stack):
             time.sleep(0.1)
         time.sleep(0.5)
         assert set(stack.vault_files()) - vault_before == {report["archive_path"]}
-        body = (stack.vault / report["archive_path"]).read_bytes()
+        body = stack.vault.read(report["archive_path"])
         assert body == uploaded[len(uploaded) - report["archive_size"]:]
         assert report["decrypted_checksums"] == [
             {"type": k, "value": v} for k, v in plaintext_checksums(plaintext).items()]
