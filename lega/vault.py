@@ -71,6 +71,7 @@ class _PosixWriter(VaultWriter):
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".{final.name}.*.part"):  # an interrupted attempt
+            LOG.info("removing %s, left by an earlier attempt", stale.name)
             stale.unlink(missing_ok=True)
         self.tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.part"
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

@@ -57,7 +57,7 @@ def setup_logging(level):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pika", "crypt4gh"):
+    for noisy in ("pika", "crypt4gh", "botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -59,7 +59,7 @@ def test_verify_refuses_a_key_it_cannot_open(tmp_path, keys):
 
 def test_s3_vault_needs_its_settings(tmp_path):
     out = run("ega-ingest", env={"LEGA_VAULT_DRIVER": "s3"})
-    assert out.returncode == 2 and "vault.s3.endpoint: missing" in out.stderr
+    assert out.returncode == 2 and "vault.s3.bucket: missing" in out.stderr
 
 
 def test_migrate_is_idempotent_and_safe_to_run_concurrently(tmp_path):
@@ -95,8 +95,12 @@ def test_definitions_file_matches_what_workers_declare():
 
 
 def test_example_configuration_is_the_defaults():
+    """deploy/lega.example.yaml documents every setting, with its default value."""
     from lega import config
-    example = config.load(str(ROOT / "deploy" / "lega.example.yaml"), environ={})
+    path = ROOT / "deploy" / "lega.example.yaml"
+    written = dict(config._flatten(yaml.safe_load(path.read_text())))
+    assert set(written) == set(dict(config._flatten(DEFAULTS)))
+    example = config.load(str(path), environ={})
     assert example.as_dict(redacted=False) == config.load(None, environ={}).as_dict(redacted=False)
 
 

@@ -64,3 +64,29 @@ def test_same_trigger_on_two_ingest_workers_at_once(stack):
     finally:
         extra.terminate()
         assert extra.wait(timeout=20) == 0
+
+
+def test_ingest_killed_mid_upload_restarts_clean(stack):
+    """kill -9 while the body is being written: the redelivered trigger starts over,
+    removing what the interrupted attempt left (a temporary file, or an unfinished
+    multipart upload), and the file ends ready with one vault object."""
+    user = stack.new_user()
+    plaintext = os.urandom(64 * 1024 * 1024)
+    uploaded = stack.upload(user, "killed.c4gh", plaintext)
+    before = set(stack.vault_files())
+    ingest = stack.processes["ingest"]
+    stack.trigger(user, "killed.c4gh")
+    deadline = time.monotonic() + 30
+    while not set(stack.vault_files()) - before:  # a part file or an unfinished upload
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.005)
+    ingest.kill()
+    ingest.wait()
+    leftovers = set(stack.vault_files()) - before
+    assert leftovers and all(".part" in f or "unfinished upload" in f for f in leftovers)
+    stack.start_worker("ingest")
+    report = stack.wait_status(user, "killed.c4gh", "ready", timeout=90)
+    assert set(stack.vault_files()) - before == {report["archive_path"]}
+    assert stack.vault.read(report["archive_path"]) == uploaded[-report["archive_size"]:]
+    assert [e["status"] for e in report["history"]] == ["submitted", "archived", "verified",
+                                                         "ready"]

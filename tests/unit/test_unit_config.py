@@ -231,10 +231,28 @@ def test_vault_driver_must_be_posix_or_s3(driver):
     assert_config_error("vault.driver", path=None, environ={"LEGA_VAULT_DRIVER": driver})
 
 
-@pytest.mark.parametrize("missing", ["bucket", "endpoint", "access_key", "secret_key"])
-def test_s3_driver_needs_its_settings(missing):
-    env = {k: v for k, v in S3_COMPLETE.items() if k != f"LEGA_VAULT_S3_{missing.upper()}"}
-    assert_config_error(f"vault.s3.{missing}", path=None, environ=env)
+@pytest.mark.parametrize("store", ["vault", "inbox"])
+def test_s3_driver_needs_a_bucket(store):
+    env = {k.replace("VAULT", store.upper()): v for k, v in S3_COMPLETE.items()
+           if k != "LEGA_VAULT_S3_BUCKET"}
+    assert_config_error(f"{store}.s3.bucket", path=None, environ=env)
+
+
+@pytest.mark.parametrize("optional", ["endpoint", "access_key", "secret_key"])
+def test_s3_endpoint_and_credentials_may_come_from_aws_defaults(optional):
+    """No endpoint means AWS itself; no keys means boto3's usual credential chain."""
+    env = {k: v for k, v in S3_COMPLETE.items() if k != f"LEGA_VAULT_S3_{optional.upper()}"}
+    assert load(None, env)[f"vault.s3.{optional}"] == ""
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"LEGA_VAULT_S3_ADDRESSING": "sideways"}, "vault.s3.addressing"),
+    ({"LEGA_VAULT_S3_CA_BUNDLE": "/no/such/ca.pem"}, "vault.s3.ca_bundle"),
+    ({"LEGA_VAULT_S3_MIN_PART_SIZE": "1024"}, "vault.s3.min_part_size"),
+    ({"LEGA_VAULT_S3_CREATE_BUCKET": "perhaps"}, "vault.s3.create_bucket"),
+])
+def test_wrong_s3_settings_are_named(env, setting):
+    assert_config_error(setting, path=None, environ={**S3_COMPLETE, **env})
 
 
 def test_s3_driver_complete_is_accepted():
