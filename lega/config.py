@@ -53,8 +53,8 @@ DEFAULTS = {
             # make the bucket at start when it is missing
             "create_bucket": True,
             # multipart uploads use parts of at least this size, larger for files of
-            # more than 10,000 of them (S3's limit); one part is held in memory
-            "min_part_size": 16 * 1024 * 1024,
+            # more than 10,000 of them (S3's limit); up to 4 parts are held in memory
+            "min_part_size": 8 * 1024 * 1024,
         },
     },
     # verify's private keys, for rotation several may be given

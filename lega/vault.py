@@ -5,9 +5,11 @@ object visible only when ``commit`` is called, so a reader never sees a partial
 object: a crash or an ``abort`` leaves nothing under the file's name.
 """
 
+import collections
 import logging
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import botocore.exceptions
@@ -149,6 +151,7 @@ class PosixVault(Vault):
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB   # S3's smallest part (but the last)
 MAX_PARTS = 10_000        # S3's most parts in one upload
+PARTS_IN_FLIGHT = 3       # parts uploading at once, per file
 
 
 def part_size_for(size, minimum):
@@ -159,49 +162,72 @@ def part_size_for(size, minimum):
 
 
 class _S3Writer(VaultWriter):
-    """A multipart upload, one part buffered at a time; a body smaller than one part is
-    a single PUT. The object appears only when the upload is completed."""
+    """A multipart upload: while one part fills, up to ``PARTS_IN_FLIGHT`` earlier parts
+    upload on threads (so at most that many plus one parts are in memory). A body
+    smaller than one part is a single PUT. The object appears only when the upload is
+    completed; a failure aborts it."""
 
     def __init__(self, client, bucket, key, part_size):
         self.s3, self.bucket, self.key, self.part_size = client, bucket, key, part_size
         self.buffer = bytearray()
         self.upload_id = None
+        self.in_flight = collections.deque()
         self.parts = []
+        self.pool = None
         abort_uploads(client, bucket, key)  # an interrupted attempt: start clean
 
-    def _upload_part(self, data):
+    def _put_part(self, number, data):
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                   PartNumber=number, Body=data)["ETag"]
+        return {"PartNumber": number, "ETag": etag}
+
+    def _send(self, data):
         if self.upload_id is None:
             self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket,
                                                              Key=self.key)["UploadId"]
-        number = len(self.parts) + 1
-        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                   PartNumber=number, Body=data)["ETag"]
-        self.parts.append({"PartNumber": number, "ETag": etag})
+            self.pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+        number = len(self.parts) + len(self.in_flight) + 1
+        self.in_flight.append(self.pool.submit(self._put_part, number, data))
+        while len(self.in_flight) >= PARTS_IN_FLIGHT:
+            self.parts.append(self.in_flight.popleft().result())  # raises if it failed
 
     def write(self, chunk):
         self.buffer += chunk
         while len(self.buffer) >= self.part_size:
             part = bytes(memoryview(self.buffer)[:self.part_size])
             del self.buffer[:self.part_size]
-            self._upload_part(part)
+            self._send(part)
 
     def commit(self):
         try:
             if self.upload_id is None:
                 self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
-            else:
-                if self.buffer:
-                    self._upload_part(bytes(self.buffer))
-                self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                                  UploadId=self.upload_id,
-                                                  MultipartUpload={"Parts": self.parts})
+                return
+            if self.buffer:
+                self._send(bytes(self.buffer))
+            while self.in_flight:
+                self.parts.append(self.in_flight.popleft().result())
+            self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                              UploadId=self.upload_id,
+                                              MultipartUpload={"Parts": self.parts})
+            self._stop_pool()
         except BaseException:
             self.abort()
             raise
-        self.buffer = bytearray()
+        finally:
+            self.buffer = bytearray()
+
+    def _stop_pool(self):
+        if self.pool is not None:
+            for future in self.in_flight:
+                future.cancel()
+            self.pool.shutdown(wait=True)  # a part still uploading must end before the abort
+            self.pool = None
+        self.in_flight.clear()
 
     def abort(self):
         self.buffer = bytearray()
+        self._stop_pool()
         if self.upload_id is not None:
             try:
                 self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key,
