@@ -4,6 +4,8 @@
     ega-admin db version            the schema version in place
     ega-admin file USER FILEPATH    one file: status, ids, sizes, checksums, history
     ega-admin keys generate         a Crypt4GH key pair for the archive
+    ega-admin dead-letters list     the messages parked for operators
+    ega-admin dead-letters requeue  send them (--all, or some ids) back for another try
 
 ``--json`` prints machine-readable output instead of text.
 """
@@ -65,6 +67,30 @@ def print_report(report):
         print(line)
 
 
+def dead_letters_command(args, config, db):
+    from . import dead_letters
+
+    url = config["broker.url"]
+    if args.dead_command == "list":
+        parked = dead_letters.list_parked(url)
+        if args.json:
+            print(json.dumps(parked))
+        elif not parked:
+            print("no parked messages")
+        for message in [] if args.json else parked:
+            print(f"{message['id']}  queue {message['queue']}  file {message['file_id'] or '-'}"
+                  f"  attempts {message['attempts']}\n    error: {message['error']}\n"
+                  f"    message: {json.dumps(message['message'])[:300]}")
+        return 0
+    sent = dead_letters.requeue(url, db, None if args.all else set(args.ids))
+    for message in sent:
+        print(f"sent {message['id']} back to {message['queue']}")
+    missing = set() if args.all else set(args.ids) - {m["id"] for m in sent}
+    for message_id in sorted(missing):
+        print(f"no parked message {message_id}", file=sys.stderr)
+    return 1 if missing else 0
+
+
 def generate_keys(secret_path, public_path, passphrase):
     """A Crypt4GH key pair; the private key is passphrase-protected unless it is empty."""
     from crypt4gh.keys import c4gh
@@ -104,6 +130,16 @@ def main(argv=None):
     gen.add_argument("--passphrase-file", help="protect the private key with the passphrase "
                                                "in this file")
 
+    dead = sub.add_parser("dead-letters", help="messages parked after too many failures")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dead_list = dead_sub.add_parser("list", help="show the parked messages")
+    dead_list.add_argument("--json", action="store_true", help="print a JSON list")
+    dead_requeue = dead_sub.add_parser("requeue", help="send parked messages back to their "
+                                                       "queue, with a fresh attempt count")
+    which = dead_requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every parked message")
+    which.add_argument("ids", nargs="*", default=[], help="the ids shown by list")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "keys":
@@ -126,6 +162,9 @@ def main(argv=None):
             else:
                 print(db.schema_version())
             return 0
+
+        if args.command == "dead-letters":
+            return dead_letters_command(args, config, db)
 
         report = file_report(db, args.user, args.filepath)
         if report is None:

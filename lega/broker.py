@@ -10,6 +10,7 @@ message that failed too often is parked for operators.
 
 import json
 import logging
+import re
 import time
 
 import pika
@@ -83,23 +84,33 @@ def definitions(retry_delays, vhost="/"):
     }
 
 
-def properties(correlation_id, headers=None):
+def properties(correlation_id, headers=None, message_id=None):
     return pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                 correlation_id=str(correlation_id) if correlation_id else None,
-                                headers=headers or None)
+                                headers=headers or None, message_id=message_id)
 
 
 def encode(body):
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def urls(setting):
+    """``broker.url`` may list several URLs (a cluster), separated by spaces or commas."""
+    return [u for u in re.split(r"[\s,]+", setting) if u]
+
+
 def connect(url, heartbeat=60, name="lega"):
-    """A blocking connection with publisher confirms on its channel."""
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 300
-    params.client_properties = {"connection_name": name}
-    connection = pika.BlockingConnection(params)
+    """A blocking connection (to the first of the URLs that answers) with publisher
+    confirms on its channel."""
+    candidates = []
+    for one in urls(url):
+        params = pika.URLParameters(one)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = 300
+        params.connection_attempts = 1
+        params.client_properties = {"connection_name": name}
+        candidates.append(params)
+    connection = pika.BlockingConnection(candidates)
     channel = connection.channel()
     channel.confirm_delivery()
     return connection, channel
@@ -121,11 +132,12 @@ def connect_with_backoff(url, heartbeat, name, delay, max_delay, should_stop=lam
             delay = min(delay * 2, max_delay)
 
 
-def publish(channel, exchange, routing_key, body, correlation_id, headers=None):
+def publish(channel, exchange, routing_key, body, correlation_id, headers=None,
+            message_id=None):
     """Publish persistently and wait for the broker's confirm (raises if refused or
     unroutable)."""
     channel.basic_publish(exchange, routing_key, body if isinstance(body, bytes) else encode(body),
-                          properties(correlation_id, headers), mandatory=True)
+                          properties(correlation_id, headers, message_id), mandatory=True)
 
 
 if __name__ == "__main__":  # python -m lega.broker > deploy/rabbitmq-definitions.json

@@ -72,6 +72,11 @@ DEFAULTS = {
         "max_header_packets": 1000,
         "chunk_size": 1024 * 1024,
     },
+    "worker": {
+        # on SIGTERM a worker finishes the file in hand; past this many seconds it hands
+        # the message back to its queue instead, and exits
+        "stop_grace_period": 300,
+    },
     "log": {
         "level": "INFO",
     },
@@ -182,16 +187,21 @@ class Config:
         return values
 
 
+def _redact_url(url):
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def redact(secret):
-    """Hide the password of a URL (user info or ``password=`` query) or a libpq DSN."""
+    """Hide the passwords of URLs (user info or ``password=`` query; several URLs may be
+    given, separated by spaces or commas) or of a libpq DSN."""
     if "://" in secret:
-        parts = urlsplit(secret)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, host = netloc.rpartition("@")
-            netloc = userinfo.split(":", 1)[0] + ":***@" + host
-        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        return re.sub(r"[^\s,]+://[^\s,]+", lambda m: _redact_url(m.group(0)), secret)
     return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", secret)
 
 
@@ -246,10 +256,12 @@ def _flatten_given(given, prefix=""):
 
 def _check(config):
     url = config["broker.url"]
-    if not url:
+    if not url.strip():
         raise ConfigError("broker.url: missing (amqp://user:password@host:port/vhost)")
-    if urlsplit(url).scheme not in ("amqp", "amqps"):
-        raise ConfigError(f"broker.url: must start with amqp:// or amqps://, got {redact(url)}")
+    for one in re.split(r"[\s,]+", url.strip()):  # several, for a cluster
+        if urlsplit(one).scheme not in ("amqp", "amqps"):
+            raise ConfigError(f"broker.url: must start with amqp:// or amqps://, got "
+                              f"{redact(one)}")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
     for store in ("inbox", "vault"):

@@ -214,6 +214,25 @@ class Database:
         with self.transaction() as cur:
             return self._move(cur, file_id, ACTIVE, "disabled", ctx)
 
+    def unpark(self, file_id, ctx, parked_code):
+        """A parked file goes back to the status it had before it was parked (so its
+        requeued message finds it as it left it). Returns that status, or None if the
+        file is not parked."""
+        with self.transaction() as cur:
+            cur.execute("SELECT status, error_code FROM files WHERE id = %s FOR UPDATE",
+                        (file_id,))
+            row = cur.fetchone()
+            if row is None or row["status"] != "error" or row["error_code"] != parked_code:
+                return None
+            cur.execute("""SELECT status FROM file_events WHERE file_id = %s
+                           AND status NOT IN ('error', 'disabled') ORDER BY id DESC LIMIT 1""",
+                        (file_id,))
+            before = cur.fetchone()["status"]
+            self._move(cur, file_id, ["error"], before, ctx,
+                       sets=", error_code = NULL, error_reason = NULL",
+                       reason="requeued by an operator")
+            return before
+
     def note(self, file_id, ctx, status, code=None, reason=None):
         """A history line without a status change (e.g. a re-verification)."""
         with self.transaction() as cur:

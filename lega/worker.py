@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
 
@@ -41,6 +42,7 @@ LOG = logging.getLogger(__name__)
 current_file = contextvars.ContextVar("current_file", default="-")
 IN_PROGRESS = ("submitted", "archived", "verified")
 ATTEMPTS_HEADER = "x-lega-attempts"
+PARKED = "internal_error"  # the error code of a file whose message was parked
 
 
 class ContextFilter(logging.Filter):
@@ -121,7 +123,7 @@ class Worker:
         self.db = Database(config["db.dsn"], worker=self.ident)
         self.delays = [float(d) for d in config["retry.delays"]]
         self.max_attempts = config["retry.max_attempts"]
-        self.stopping = stopping or threading.Event()
+        self.stopping = stopping or Stop()
         self.connection = None
         self.channel = None
         self._delivery = None
@@ -201,7 +203,9 @@ class Worker:
         thread.start()
         try:
             while not done.is_set():
-                self.connection.process_data_events(time_limit=1)
+                self.connection.process_data_events(time_limit=0.25)
+                if self.stopping.must_hand_back(self.config["worker.stop_grace_period"]):
+                    self._hand_back_and_exit(method)
         except broker.CONNECTION_ERRORS:
             # the message comes back by itself; never work on two at once
             LOG.warning("lost the broker while working; waiting for the step to end")
@@ -218,7 +222,20 @@ class Worker:
         self.stopping.wait(self.delays[0])
         self.channel.basic_nack(method.delivery_tag, requeue=True)
 
-    def publish_threadsafe(self, exchange, routing_key, body, correlation_id, headers=None):
+    def _hand_back_and_exit(self, method):
+        """Stopping, and the step will not end in time: the message goes back to its
+        queue unacknowledged (the next attempt cleans up after this one) and we exit."""
+        LOG.warning("stopping before the step ends: handing the message back to %s",
+                    self.queue)
+        try:
+            self.channel.basic_nack(method.delivery_tag, requeue=True)
+            self.connection.close()
+        finally:
+            logging.shutdown()
+            os._exit(0)
+
+    def publish_threadsafe(self, exchange, routing_key, body, correlation_id, headers=None,
+                           message_id=None):
         """Publish from the work thread through the connection's thread; wait for the
         broker's confirm."""
         result = {}
@@ -226,7 +243,8 @@ class Worker:
 
         def on_connection_thread():
             try:
-                broker.publish(self.channel, exchange, routing_key, body, correlation_id, headers)
+                broker.publish(self.channel, exchange, routing_key, body, correlation_id, headers,
+                               message_id)
             except BaseException as e:
                 result["error"] = e
             finally:
@@ -286,6 +304,8 @@ class Worker:
         reason = f"{error.__class__.__name__}: {error}"
         headers = {**ctx.headers, ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
                    "x-lega-queue": self.queue}
+        if ctx.file_id:
+            headers["x-lega-file-id"] = ctx.file_id
         if ctx.attempt < self.max_attempts:
             delay = self.delays[min(ctx.attempt, len(self.delays)) - 1]
             if quiet:
@@ -301,23 +321,36 @@ class Worker:
         LOG.error("failed %d times (%s); parking the message in %s for operators",
                   ctx.attempt, reason, broker.DEAD_LETTERS)
         self.publish_threadsafe("", broker.DEAD_LETTERS, ctx.raw, ctx.incoming_correlation_id,
-                                headers)
+                                headers, message_id=uuid.uuid4().hex)
         if ctx.file_id:
-            self.db.set_error(ctx.file_id, ctx, "internal_error",
+            self.db.set_error(ctx.file_id, ctx, PARKED,
                               f"parked after {ctx.attempt} attempts: {reason}",
                               expected=IN_PROGRESS)
 
+
+class Stop(threading.Event):
+    """Set by SIGTERM or SIGINT: finish the message in hand, then stop (exit 0). Past
+    the grace period, or at a second signal, the message in hand is handed back."""
+
+    def __init__(self):
+        super().__init__()
+        self.since = None
+        self.now = False
+
+    def must_hand_back(self, grace_period):
+        return self.is_set() and (self.now or time.monotonic() - self.since > grace_period)
+
+
 def stop_on_signals():
-    """SIGTERM or SIGINT: finish the message in hand, then stop (exit 0). A second
-    one: stop at once; the unacknowledged message goes back to its queue."""
-    stopping = threading.Event()
+    stopping = Stop()
 
     def on_signal(signum, frame):
         if stopping.is_set():
-            LOG.warning("second signal: stopping now; the message in hand goes back to "
-                        "its queue")
-            os._exit(1)
+            LOG.warning("second signal: stopping now")
+            stopping.now = True
+            return
         LOG.info("signal %d: finishing the message in hand, then stopping", signum)
+        stopping.since = time.monotonic()
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pika
@@ -42,7 +43,7 @@ DB_ADMIN_DSN = os.environ.get("LEGA_TEST_DB_ADMIN_DSN",
 DB_NAME = "lega_test"
 FEGA_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "fega-schemas"
 RETRY_DELAYS = [0.2, 0.4, 0.8]
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 6  # parked after about 3 s of failures
 WORKERS = ("ingest", "verify", "finalize")
 
 
@@ -256,16 +257,17 @@ class Stack:
         self.vault = vault
         self.cega = cega
         self.keys = keys
-        self.db = Database(config["db"]["dsn"], worker="tests")
+        self.db = None  # set by the fixture: a direct connection, not the workers' proxy
         self.processes = {}
 
     # the worker programs
-    def start_worker(self, name, tag=None):
+    def start_worker(self, name, tag=None, env=None):
         tag = tag or name
         log = open(self.root / f"{tag}.log", "ab")
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
                                                 str(self.config_path)],
-                                               stdout=log, stderr=subprocess.STDOUT)
+                                               stdout=log, stderr=subprocess.STDOUT,
+                                               env={**os.environ, **(env or {})})
         return self.processes[tag]
 
     def wait_consuming(self, tag, timeout=30):
@@ -404,9 +406,12 @@ def stack(request, tmp_path_factory, keys):
     root = tmp_path_factory.mktemp(f"lega-{request.param}")
     dsn = reset_database(DB_ADMIN_DSN, DB_NAME)
     reset_broker(BROKER_URL)
+    # the workers reach PostgreSQL through a proxy the tests can cut
+    db_params = psycopg2.extensions.parse_dsn(dsn)
+    db_proxy = TcpProxy(db_params.get("host", "127.0.0.1"), int(db_params.get("port", 5432)))
     config = {
         "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
-        "db": {"dsn": dsn},
+        "db": {"dsn": psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=db_proxy.port)},
         "keys": [
             {"path": str(keys["old"].sec), "passphrase": keys["old"].passphrase},
             {"path": str(keys["archive"].sec),
@@ -422,7 +427,8 @@ def stack(request, tmp_path_factory, keys):
         inbox, vault = FolderStore(root / "inbox"), FolderStore(root / "vault")
     else:
         server = request.getfixturevalue("s3_server")
-        proxy = TcpProxy(server["endpoint"])
+        endpoint = urlsplit(server["endpoint"])
+        proxy = TcpProxy(endpoint.hostname, endpoint.port)
         (root / "s3-secret").write_text(server["secret_key"] + "\n")
         suffix = uuid.uuid4().hex[:8]
         s3_settings = {"endpoint": proxy.endpoint, "access_key": server["access_key"],
@@ -442,7 +448,8 @@ def stack(request, tmp_path_factory, keys):
 
     cega = CentralEGA(BROKER_URL)
     stack = Stack(root, config_path, config, cega, keys, inbox, vault)
-    stack.proxy = proxy
+    stack.db = Database(dsn, worker="tests")  # the tests' own view: not through the proxy
+    stack.proxy, stack.db_proxy = proxy, db_proxy
     for name in WORKERS:
         stack.start_worker(name)
     for name in WORKERS:
@@ -460,6 +467,7 @@ def stack(request, tmp_path_factory, keys):
     cega.stop.set()
     cega.thread.join(timeout=5)
     stack.db.close()
+    db_proxy.close()
     if proxy is not None:
         proxy.close()
 
@@ -475,13 +483,11 @@ def no_unfinished_uploads(request):
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to an endpoint; ``down()`` refuses new connections and
+    """Forwards 127.0.0.1:<port> to host:port; ``down()`` refuses new connections and
     cuts the open ones (the service is unreachable), ``up()`` lets them through again."""
 
-    def __init__(self, endpoint):
-        from urllib.parse import urlsplit
-        target = urlsplit(endpoint)
-        self.target = (target.hostname, target.port)
+    def __init__(self, host, port):
+        self.target = (host, port)
         self.port = seaweed.free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
@@ -553,12 +559,19 @@ def fega_validate(schema_name, message):
     jsonschema.Draft7Validator(json.loads(path.read_text())).validate(message)
 
 
-def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30):
-    """The whole pipeline did its job for this file, checked from the outside."""
+def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30, restarted=False):
+    """The whole pipeline did its job for this file, checked from the outside. When
+    ingest was ``restarted`` (crash, hand-back, outage), each attempt may have told
+    Central EGA it started."""
     stack.cega.wait(user, filepath, "files.completed", timeout)
     report = stack.wait_status(user, filepath, "ready")
     sent = stack.cega.messages(user, filepath)
-    assert [rk for rk, _, _ in sent] == ["files.processing", "files.verified", "files.completed"]
+    if restarted:
+        while len(sent) > 3 and sent[1][0] == "files.processing":
+            assert sent[1][1] == sent[0][1]
+            del sent[1]
+    assert [rk for rk, _, _ in sent] == ["files.processing", "files.verified",
+                                         "files.completed"], sent
     processing, verified, completed = (m for _, m, _ in sent)
     # every message for the file is correlated by its id
     assert {p.correlation_id for _, _, p in sent} == {report["file_id"]}

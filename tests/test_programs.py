@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 from lega import broker
 from lega.config import DEFAULTS
 
-from conftest import BIN, DB_ADMIN_DSN, reset_database
+from conftest import BIN, BROKER_URL, DB_ADMIN_DSN, reset_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,3 +116,23 @@ def test_keys_generate(tmp_path):
     again = run("ega-admin", "keys", "generate", "--sk", str(tmp_path / "k.sec"), "--pk",
                 str(tmp_path / "k.pub"))
     assert again.returncode == 1 and "not overwriting" in again.stderr
+
+
+def test_several_broker_urls_for_a_cluster(tmp_path):
+    """The first node is down: the worker connects to the next one."""
+    down = "amqp://guest:guest@127.0.0.1:1/lega_test"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEGA_")}
+    env.update(LEGA_BROKER_URL=f"{down}, {BROKER_URL}", LEGA_VAULT_LOCATION=str(tmp_path))
+    log = tmp_path / "finalize.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(BIN / "ega-finalize")], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "consuming from accession" not in log.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=20) == 0
+    assert "guest:guest" not in log.read_text()

@@ -1,5 +1,6 @@
 """The pipeline keeps its promises when things around it misbehave (real services)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -7,7 +8,10 @@ import time
 
 import pytest
 
-from conftest import BROKER_URL, assert_ready, ingest_ok, plaintext_checksums
+from lega.cega_simulator import new_accession_id
+
+from conftest import (BIN, BROKER_URL, MAX_ATTEMPTS, assert_good_file_completes, assert_ready,
+                      ingest_ok, plaintext_checksums)
 
 
 def test_large_file_streams_through(stack):
@@ -90,3 +94,185 @@ def test_ingest_killed_mid_upload_restarts_clean(stack):
     assert stack.vault.read(report["archive_path"]) == uploaded[-report["archive_size"]:]
     assert [e["status"] for e in report["history"]] == ["submitted", "archived", "verified",
                                                          "ready"]
+
+
+def _wait_log(stack, tag, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    while text not in (stack.root / f"{tag}.log").read_text():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.005)
+
+
+def test_verify_killed_mid_file_restarts_clean(stack):
+    user = stack.new_user()
+    plaintext = os.urandom(96 * 1024 * 1024)
+    uploaded = stack.upload(user, "verify-killed.c4gh", plaintext)
+    before = set(stack.vault_files())
+    stack.trigger(user, "verify-killed.c4gh")
+    _wait_log(stack, "verify", f"{user}:verify-killed.c4gh] received", timeout=60)
+    stack.processes["verify"].kill()
+    stack.processes["verify"].wait()
+    assert stack.report(user, "verify-killed.c4gh")["status"] == "archived"
+    stack.start_worker("verify")
+    report = assert_ready(stack, user, "verify-killed.c4gh", plaintext, uploaded, timeout=90)
+    assert set(stack.vault_files()) - before == {report["archive_path"]}
+
+
+def test_sigterm_mid_file_finishes_it(stack):
+    user = stack.new_user()
+    plaintext = os.urandom(64 * 1024 * 1024)
+    uploaded = stack.upload(user, "term.c4gh", plaintext)
+    ingest = stack.processes["ingest"]
+    stack.trigger(user, "term.c4gh")
+    _wait_log(stack, "ingest", f"{user}:term.c4gh] found in the inbox")
+    ingest.terminate()
+    assert ingest.wait(timeout=60) == 0
+    log = (stack.root / "ingest.log").read_text()
+    assert f"{user}:term.c4gh] archived" in log  # finished before it exited
+    assert "handing the message back" not in log
+    stack.start_worker("ingest")
+    assert_ready(stack, user, "term.c4gh", plaintext, uploaded, timeout=60)
+
+
+def test_sigterm_past_the_grace_period_hands_the_file_back(stack):
+    """A worker told to stop at once (grace period 0) hands the file back and exits 0;
+    the file is finished by another worker, from a clean start."""
+    user = stack.new_user()
+    plaintext = os.urandom(160 * 1024 * 1024)  # long enough to be stopped in the middle
+    uploaded = stack.upload(user, "handed.c4gh", plaintext)
+    before = set(stack.vault_files())
+    stack.processes["ingest"].terminate()
+    assert stack.processes["ingest"].wait(timeout=30) == 0
+    hasty = stack.start_worker("ingest", tag="ingest-hasty",
+                               env={"LEGA_WORKER_STOP_GRACE_PERIOD": "0"})
+    stack.wait_consuming("ingest-hasty")
+    stack.trigger(user, "handed.c4gh")
+    _wait_log(stack, "ingest-hasty", f"{user}:handed.c4gh] found in the inbox")
+    hasty.terminate()
+    assert hasty.wait(timeout=30) == 0
+    log = (stack.root / "ingest-hasty.log").read_text()
+    assert "handing the message back to files" in log
+    assert f"{user}:handed.c4gh] archived" not in log
+    stack.start_worker("ingest")
+    report = assert_ready(stack, user, "handed.c4gh", plaintext, uploaded, timeout=60,
+                          restarted=True)
+    assert set(stack.vault_files()) - before == {report["archive_path"]}
+
+
+def test_database_away_during_an_ingest(stack):
+    """PostgreSQL unreachable for a while in the middle of a file: retried, completes."""
+    user = stack.new_user()
+    plaintext = os.urandom(32 * 1024 * 1024)
+    uploaded = stack.upload(user, "db.c4gh", plaintext)
+    stack.trigger(user, "db.c4gh")
+    _wait_log(stack, "ingest", f"{user}:db.c4gh] found in the inbox")
+    stack.db_proxy.down()
+    try:
+        _wait_log(stack, "ingest", f"{user}:db.c4gh] failed")
+        time.sleep(1)
+    finally:
+        stack.db_proxy.up()
+    report = assert_ready(stack, user, "db.c4gh", plaintext, uploaded, timeout=60,
+                          restarted=True)
+    assert report["error"] is None
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None or "/lega_test" not in BROKER_URL,
+                    reason="needs rabbitmqctl on the test broker")
+def test_broker_restarted_while_files_are_in_flight(stack):
+    files = []
+    for i in range(3):
+        user = stack.new_user()
+        plaintext = os.urandom(24 * 1024 * 1024)
+        files.append((user, f"flight-{i}.c4gh", plaintext,
+                      stack.upload(user, f"flight-{i}.c4gh", plaintext)))
+    for user, filepath, _, _ in files:
+        stack.trigger(user, filepath)
+    _wait_log(stack, "ingest", f"{files[0][0]}:flight-0.c4gh] found in the inbox")
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True)
+    time.sleep(2)
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)
+    for user, filepath, plaintext, uploaded in files:
+        assert_ready(stack, user, filepath, plaintext, uploaded, timeout=120, restarted=True)
+
+
+def test_many_files_on_two_workers_of_each_kind(stack):
+    extra = [stack.start_worker(name, tag=f"{name}-second") for name in
+             ("ingest", "verify", "finalize")]
+    try:
+        for name in ("ingest", "verify", "finalize"):
+            stack.wait_consuming(f"{name}-second")
+        files = []
+        for i in range(50):
+            user = stack.new_user()
+            plaintext = os.urandom(1000 + i * 997)
+            files.append((user, plaintext, stack.upload(user, "many.c4gh", plaintext)))
+        for user, _, _ in files:
+            stack.trigger(user, "many.c4gh")
+        for user, plaintext, uploaded in files:
+            assert_ready(stack, user, "many.c4gh", plaintext, uploaded, timeout=120)
+        for name in ("ingest", "verify", "finalize"):  # both of each kind did some
+            assert "received" in (stack.root / f"{name}-second.log").read_text()
+    finally:
+        for process in extra:
+            process.terminate()
+        for process in extra:
+            assert process.wait(timeout=30) == 0
+
+
+def test_parked_message_is_listed_and_sent_back(stack):
+    """A message that keeps failing is parked with its history, the worker goes on with
+    the next ones, and ega-admin sends it back once the cause is fixed."""
+    user = stack.new_user()
+    plaintext = os.urandom(50_000)
+    uploaded = stack.upload(user, "parked.c4gh", plaintext)
+    verify = stack.processes["verify"]
+    verify.terminate()
+    assert verify.wait(timeout=15) == 0
+    try:
+        stack.trigger(user, "parked.c4gh")
+        archived = stack.wait_status(user, "parked.c4gh", "archived")
+        stack.vault.flip_byte(archived["archive_path"], 1000)
+    finally:
+        stack.start_worker("verify")
+    parked = stack.wait_status(user, "parked.c4gh", "error", timeout=60)
+    assert parked["error_code"] == "internal_error"
+    assert_good_file_completes(stack)  # the worker went on
+
+    listed = json.loads(admin(stack, "dead-letters", "list", "--json").stdout)
+    ours = [m for m in listed if m["file_id"] == parked["file_id"]]
+    assert len(ours) == 1
+    assert ours[0]["queue"] == "archived" and ours[0]["attempts"] == MAX_ATTEMPTS
+    assert "sha256" in ours[0]["error"] and ours[0]["retried_through"]
+    assert ours[0]["message"]["filepath"] == "parked.c4gh"
+
+    stack.vault.flip_byte(archived["archive_path"], 1000)  # the operator repairs the copy
+    out = admin(stack, "dead-letters", "requeue", ours[0]["id"])
+    assert f"sent {ours[0]['id']} back to archived" in out.stdout
+    report = assert_ready(stack, user, "parked.c4gh", plaintext, uploaded)
+    assert [e["status"] for e in report["history"]] == [
+        "submitted", "archived", "error", "archived", "verified", "ready"]
+    listed = json.loads(admin(stack, "dead-letters", "list", "--json").stdout)
+    assert parked["file_id"] not in [m["file_id"] for m in listed]
+    missing = admin(stack, "dead-letters", "requeue", "no-such-id", check=False)
+    assert missing.returncode == 1 and "no parked message no-such-id" in missing.stderr
+
+
+def test_accession_waiting_for_verify_does_not_loop(stack):
+    """An accession long before its file is verified waits with growing delays."""
+    user = stack.new_user()
+    stack.cega.silent_users.add(user)
+    plaintext = os.urandom(5_000)
+    uploaded = stack.upload(user, "wait.c4gh", plaintext)
+    stack.accession(user, "wait.c4gh", new_accession_id(), plaintext_checksums(plaintext))
+    time.sleep(1.5)  # the accession waits; nothing is being ingested yet
+    stack.trigger(user, "wait.c4gh")
+    assert_ready(stack, user, "wait.c4gh", plaintext, uploaded)
+    log = (stack.root / "finalize.log").read_text()
+    waits = log.count(f"{user}:wait.c4gh] not ready")
+    assert 1 <= waits <= 5, waits  # 0.2 + 0.4 + 0.8 + ...: a handful, not a busy loop
+
+
+def admin(stack, *args, check=True):
+    return subprocess.run([str(BIN / "ega-admin"), "--conf", str(stack.config_path), *args],
+                          capture_output=True, text=True, check=check)
