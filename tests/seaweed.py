@@ -48,7 +48,7 @@ class SeaweedFS:
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         command = [
             weed_program(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-dir={self.folder}", "-master.telemetry=false", "-volume.max=20",
+            f"-dir={self.folder}", "-master.telemetry=false", "-volume.max=300",
             "-master.volumeSizeLimitMB=256",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master'] + 10000}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume'] + 10000}",
