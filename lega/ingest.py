@@ -109,8 +109,7 @@ def cancel(worker, ctx, trigger):
         LOG.info("cancel: no file in progress or archived under this path; nothing to do")
         return
     ctx.about(file_id=file["id"])
-    if file["archive_path"]:
-        worker.vault.delete(file["archive_path"])
+    worker.remove_from_vault(file)
     worker.db.disable(file["id"], ctx)
     LOG.info("cancelled: %s file disabled and its archived copy removed", file["status"])
 

@@ -289,8 +289,7 @@ class Worker:
         if ctx.file_id:
             file = self.db.file(ctx.file_id)
             if file and file["status"] in IN_PROGRESS:
-                if self.vault is not None and file["archive_path"] is not None:
-                    self.vault.delete(file["archive_path"])
+                self.remove_from_vault(file)
                 self.db.set_error(ctx.file_id, ctx, error.code, error.reason, expected=IN_PROGRESS)
         report = {"error": error.code, "reason": error.reason, "original-message": ctx.raw_text}
         if isinstance(ctx.user, str) and ctx.user.strip():
@@ -298,6 +297,11 @@ class Worker:
         if isinstance(ctx.filepath, str) and ctx.filepath.strip():
             report["filepath"] = ctx.filepath
         ctx.to_cega("files.error", messages.ERROR, report)
+
+    def remove_from_vault(self, file):
+        """Remove the file's vault object: where it was recorded, or where an attempt
+        that did not get to record it would have put it."""
+        self.vault.delete(file["archive_path"] or self.vault.path_for(file["id"]))
 
     def retry_later(self, ctx, error, quiet=False):
         """Our side's trouble: back to the queue after a delay, or parked after the limit."""
