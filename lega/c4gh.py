@@ -179,42 +179,54 @@ def load_private_keys(key_settings):
 class BodyDecryptor:
     """Feed the encrypted body in any chunking; get the plaintext back in order.
 
-    Each complete segment is authenticated and decrypted; ``finish`` handles the last,
-    shorter one. A segment that no session key opens is the submitter's error.
+    Each complete segment is authenticated and decrypted straight into the output
+    buffer; ``finish`` handles the last, shorter one. A segment that no session key
+    opens is the submitter's error.
     """
 
     def __init__(self, keys):
         self.ciphers = [ChaCha20Poly1305(bytes(k)) for k in keys]
-        self.pending = bytearray()
+        self.pending = b""
         self.segments = 0
 
-    def _decrypt(self, segment):
-        if len(segment) <= NONCE_SIZE + MAC_SIZE:
-            raise UserError(CORRUPT, "The file is truncated: its last segment is too short to "
-                                     "be a Crypt4GH segment.")
-        nonce, sealed = bytes(segment[:NONCE_SIZE]), bytes(segment[NONCE_SIZE:])
-        for cipher in self.ciphers:
-            try:
-                plain = cipher.decrypt(nonce, sealed, None)
-                self.segments += 1
-                return plain
-            except InvalidTag:
-                continue
+    def _fail(self):
         raise UserError(CORRUPT, f"Segment {self.segments + 1} of the file does not decrypt: the "
                                  "file was altered or truncated after encryption; upload it again.")
 
     def update(self, chunk):
-        """Decrypt the segments ``chunk`` completes; returns a list of plaintext pieces."""
-        self.pending += chunk
-        whole = len(self.pending) - len(self.pending) % CIPHER_SEGMENT_SIZE
-        out = [self._decrypt(self.pending[start:start + CIPHER_SEGMENT_SIZE])
-               for start in range(0, whole, CIPHER_SEGMENT_SIZE)]
-        del self.pending[:whole]
-        return out
+        """The plaintext of the segments ``chunk`` completes (a new buffer)."""
+        data = self.pending + chunk if self.pending else bytes(chunk)
+        count = len(data) // CIPHER_SEGMENT_SIZE
+        plain = bytearray(count * SEGMENT_SIZE)
+        sealed, out = memoryview(data), memoryview(plain)
+        for i in range(count):
+            segment = sealed[i * CIPHER_SEGMENT_SIZE:(i + 1) * CIPHER_SEGMENT_SIZE]
+            target = out[i * SEGMENT_SIZE:(i + 1) * SEGMENT_SIZE]
+            for cipher in self.ciphers:
+                try:
+                    cipher.decrypt_into(segment[:NONCE_SIZE], segment[NONCE_SIZE:], None, target)
+                    break
+                except InvalidTag:
+                    continue
+            else:
+                self._fail()
+            self.segments += 1
+        self.pending = bytes(sealed[count * CIPHER_SEGMENT_SIZE:])
+        return plain
 
     def finish(self):
-        """Decrypt the last segment."""
-        if not self.pending:
-            return []
-        last, self.pending = self._decrypt(self.pending), bytearray()
-        return [last]
+        """The plaintext of the last, shorter segment (empty if there is none)."""
+        segment, self.pending = self.pending, b""
+        if not segment:
+            return b""
+        if len(segment) <= NONCE_SIZE + MAC_SIZE:
+            raise UserError(CORRUPT, "The file is truncated: its last segment is too short to "
+                                     "be a Crypt4GH segment.")
+        for cipher in self.ciphers:
+            try:
+                plain = cipher.decrypt(segment[:NONCE_SIZE], segment[NONCE_SIZE:], None)
+                self.segments += 1
+                return plain
+            except InvalidTag:
+                continue
+        self._fail()

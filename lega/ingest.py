@@ -9,11 +9,12 @@ the vault, the file is handed over to verify on the ``archived`` queue.
 A ``cancel`` on the same queue removes the archived copy and disables the file.
 """
 
-import hashlib
+import contextlib
 import logging
 
 from . import broker, inbox, messages
 from .c4gh import read_header
+from .checksums import Checksummer
 from .errors import CHECKSUM_MISMATCH, UserError
 from .worker import main as worker_main
 
@@ -34,31 +35,37 @@ def ingest(worker, ctx, trigger):
         return already_ingested(worker, ctx, file)
 
     upload, size = worker.inbox.open(user, filepath)
-    with upload:
+    given = messages.checksum_dict(trigger.get("encrypted_checksums"))
+    with upload, contextlib.ExitStack() as threads:
         LOG.info("found in the inbox (%d bytes): ingestion starts", size)
         ctx.to_cega("files.processing", messages.PROCESSING,
                     {"user": user, "filepath": filepath, "status": "processing"})
 
-        upload = ChecksummingReader(upload)  # the whole upload, header included
+        # checksums on threads of their own, while this one reads and writes: the whole
+        # upload's sha256 (and md5 only when Central EGA gave one to compare), the body's
+        whole = [threads.enter_context(Checksummer(kind)) for kind in ("sha256", "md5")
+                 if kind == "sha256" or kind in given]
+        body = threads.enter_context(Checksummer("sha256"))
+        upload = FeedingReader(upload, whole)
         header = read_header(upload, worker.config["ingest.max_header_size"],
                              worker.config["ingest.max_header_packets"])
 
         archive_path = worker.vault.path_for(file["id"])
-        body_sha256 = hashlib.sha256()
         with worker.vault.writer(archive_path, size_hint=size - len(header)) as vault_object:
             chunk_size = worker.config["ingest.chunk_size"]
             while chunk := upload.read(chunk_size):
-                body_sha256.update(chunk)
+                body.feed(chunk)
                 vault_object.write(chunk)
-            check_encrypted_checksums(trigger, upload)
+            uploaded = {k: v for checksummer in whole for k, v in checksummer.result().items()}
+            check_encrypted_checksums(given, uploaded)
             vault_object.commit()
+        archived = body.result()
     archive_size = upload.size - len(header)
     LOG.info("archived %d bytes of body as %s (header: %d bytes)",
              archive_size, archive_path, len(header))
 
     if not worker.db.set_archived(file["id"], ctx, header, archive_path, archive_size,
-                                  upload.size, upload.checksums(),
-                                  {"sha256": body_sha256.hexdigest()}):
+                                  upload.size, uploaded, archived):
         now = worker.db.file(file["id"])["status"]
         if now in ("error", "disabled"):
             LOG.warning("the file became %s while being ingested: removing the copy", now)
@@ -91,10 +98,9 @@ def already_ingested(worker, ctx, file):
         LOG.info("already %s: nothing to do", file["status"])
 
 
-def check_encrypted_checksums(trigger, upload):
+def check_encrypted_checksums(given, ours):
     """The checksums Central EGA gave (of the whole upload) must be those we computed."""
-    ours = upload.checksums()
-    for kind, value in messages.checksum_dict(trigger.get("encrypted_checksums")).items():
+    for kind, value in given.items():
         if value != ours[kind]:
             raise UserError(CHECKSUM_MISMATCH,
                             f"The {kind} checksum of the uploaded file is {ours[kind]}, not "
@@ -114,24 +120,20 @@ def cancel(worker, ctx, trigger):
     LOG.info("cancelled: %s file disabled and its archived copy removed", file["status"])
 
 
-class ChecksummingReader:
-    """Reads a stream while computing the sha256 and md5 of everything read."""
+class FeedingReader:
+    """Reads a stream, feeding everything read to checksummers."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, checksummers):
         self.stream = stream
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5()
+        self.checksummers = checksummers
         self.size = 0
 
     def read(self, size):
         chunk = self.stream.read(size)
-        self.sha256.update(chunk)
-        self.md5.update(chunk)
+        for checksummer in self.checksummers:
+            checksummer.feed(chunk)
         self.size += len(chunk)
         return chunk
-
-    def checksums(self):
-        return {"sha256": self.sha256.hexdigest(), "md5": self.md5.hexdigest()}
 
 
 def prepare(worker):

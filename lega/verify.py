@@ -8,11 +8,12 @@ the size, sha256 and md5 of the original file. Those are recorded, and Central E
 asked for an accession ID on ``files.verified``, with the checksums of the original.
 """
 
-import hashlib
+import contextlib
 import logging
 
 from . import broker, messages
 from .c4gh import BodyDecryptor, load_private_keys, session_keys
+from .checksums import Checksummer
 from .errors import IntegrityError, UserError
 from .worker import main as worker_main
 
@@ -65,37 +66,40 @@ def decrypt_and_check(worker, file, keys):
         raise IntegrityError(f"the vault object {archive_path} has {actual_size} bytes, "
                              f"not {file['archive_size']} as archived")
 
-    archived_sha256 = hashlib.sha256()
-    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
-    decryptor = BodyDecryptor(keys)
-    user_error = None
-    with worker.vault.open(archive_path) as stream:
-        while True:
-            chunk = stream.read(READ_SIZE)
-            archived_sha256.update(chunk)
-            if user_error is not None:  # only finish the archive checksum
-                if not chunk:
-                    break
-                continue
-            try:
-                pieces = decryptor.update(chunk) if chunk else decryptor.finish()
-            except UserError as e:
-                user_error = e
-                continue
-            for piece in pieces:
-                sha256.update(piece)
-                md5.update(piece)
-                size += len(piece)
-            if not chunk:
-                break
+    # the checksums run on threads of their own while this one reads and decrypts
+    with contextlib.ExitStack() as threads, worker.vault.open(archive_path) as stream:
+        archived = threads.enter_context(Checksummer("sha256"))
+        plain = [threads.enter_context(Checksummer(kind)) for kind in ("sha256", "md5")]
+        decryptor = BodyDecryptor(keys)
+        user_error = None
+        while chunk := stream.read(READ_SIZE):
+            archived.feed(chunk)
+            if user_error is None:  # after one, only the archive's checksum goes on
+                user_error = _decrypt(decryptor.update, chunk, plain)
+        if user_error is None:
+            user_error = _decrypt(lambda _: decryptor.finish(), b"", plain)
+        archived_sha256 = archived.result()["sha256"]
+        decrypted = {k: v for checksummer in plain for k, v in checksummer.result().items()}
+        size = plain[0].size
 
     recorded = worker.db.checksums(file["id"], "archived")["sha256"]
-    if archived_sha256.hexdigest() != recorded:
+    if archived_sha256 != recorded:
         raise IntegrityError(f"the vault object {archive_path} has sha256 "
-                             f"{archived_sha256.hexdigest()}, not {recorded} as archived")
+                             f"{archived_sha256}, not {recorded} as archived")
     if user_error is not None:  # what the submitter sent is at fault, not our copy
         raise user_error
-    return size, {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()}
+    return size, decrypted
+
+
+def _decrypt(step, chunk, checksummers):
+    """Decrypt what ``chunk`` completes and feed it on; the UserError if it fails."""
+    try:
+        piece = step(chunk)
+    except UserError as e:
+        return e
+    for checksummer in checksummers:
+        checksummer.feed(piece)
+    return None
 
 
 def request_accession(ctx, file, decrypted):

@@ -211,11 +211,11 @@ def test_header_count_larger_than_packets_present(akeys):
 
 def decrypt_body(body, session, chunk_size):
     decryptor = BodyDecryptor(session)
-    out = []
+    out = bytearray()
     for start in range(0, len(body), chunk_size):
-        out.extend(decryptor.update(body[start:start + chunk_size]))
-    out.extend(decryptor.finish())
-    return b"".join(out)
+        out += decryptor.update(body[start:start + chunk_size])
+    out += decryptor.finish()
+    return bytes(out)
 
 
 def test_session_keys_with_the_right_key(akeys):
@@ -365,11 +365,11 @@ def test_body_decrypts_in_any_chunking(files, size, chunk_size):
 def test_body_update_returns_whole_segments_in_order(files):
     plaintext, body, session = files[3 * SEGMENT]
     decryptor = BodyDecryptor(session)
-    assert decryptor.update(body[:CIPHER_SEGMENT - 1]) == []
-    assert decryptor.update(body[CIPHER_SEGMENT - 1:2 * CIPHER_SEGMENT + 1]) == [
-        plaintext[:SEGMENT], plaintext[SEGMENT:2 * SEGMENT]]
-    assert decryptor.update(body[2 * CIPHER_SEGMENT + 1:]) == [plaintext[2 * SEGMENT:]]
-    assert decryptor.finish() == []
+    assert decryptor.update(body[:CIPHER_SEGMENT - 1]) == b""
+    assert decryptor.update(body[CIPHER_SEGMENT - 1:2 * CIPHER_SEGMENT + 1]) == \
+        plaintext[:2 * SEGMENT]
+    assert decryptor.update(body[2 * CIPHER_SEGMENT + 1:]) == plaintext[2 * SEGMENT:]
+    assert decryptor.finish() == b""
 
 
 def test_body_with_several_session_keys(files):
