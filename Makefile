@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint stop services venv clean
+.PHONY: demo test lint bench stop services venv clean
 
 # the virtual environment with lega and its pinned dependencies (and pytest)
 $(BIN)/ega-ingest: setup.py requirements.txt requirements-dev.txt
@@ -23,6 +23,11 @@ demo: venv services
 # real services
 test: venv services lint
 	@$(BIN)/python -m pytest -q tests
+
+# the benchmark (real workers and services, with baselines); smaller and quicker with
+# e.g. make bench BENCH_ARGS="--size-mib 64 --big-mib 128 --small-count 100"
+bench: venv services
+	@cd bench && ../$(BIN)/python run.py $(BENCH_ARGS)
 
 lint: venv
 	@$(BIN)/ruff check lega tests setup.py

@@ -6,7 +6,9 @@ while the step reads, writes and decrypts (hashlib releases the GIL on large dat
         sha.feed(chunk)        # waits only when the thread is several chunks behind
     sha.result()               # {"sha256": "..."}
 
-Fed objects must not change afterwards (bytes, or a buffer not reused).
+Fed objects must not change afterwards (bytes, or a buffer not reused). Given a
+``size_hint`` under ``THREAD_ABOVE``, it hashes inline instead: for a small file a
+thread costs more than it saves.
 """
 
 import hashlib
@@ -14,16 +16,20 @@ import queue
 import threading
 
 DEPTH = 8  # chunks waiting at most: memory stays bounded
+# below this many bytes a thread costs more than it saves: hash inline
+THREAD_ABOVE = 4 * 1024 * 1024
 
 
 class Checksummer:
-    def __init__(self, *algorithms):
+    def __init__(self, *algorithms, size_hint=None):
         self.hashes = {name: hashlib.new(name) for name in algorithms}
         self.size = 0
-        self._queue = queue.Queue(DEPTH)
         self._error = None
-        self._thread = threading.Thread(target=self._run, name="checksums", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if size_hint is None or size_hint > THREAD_ABOVE:
+            self._queue = queue.Queue(DEPTH)
+            self._thread = threading.Thread(target=self._run, name="checksums", daemon=True)
+            self._thread.start()
 
     def _run(self):
         while (data := self._queue.get()) is not None:
@@ -36,7 +42,11 @@ class Checksummer:
     def feed(self, data):
         if data:
             self.size += len(data)
-            self._queue.put(data)
+            if self._thread is None:
+                for h in self.hashes.values():
+                    h.update(data)
+            else:
+                self._queue.put(data)
 
     def result(self):
         """Wait for what was fed; the hex digests by algorithm."""
@@ -46,7 +56,7 @@ class Checksummer:
         return {name: h.hexdigest() for name, h in self.hashes.items()}
 
     def close(self):
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 

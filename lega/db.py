@@ -66,6 +66,25 @@ class Database:
             self.close()  # broken: reconnect next time
             raise
 
+    def _read(self, sql, args):
+        """One statement on its own, no transaction around it: one round trip."""
+        conn = self.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self.close()  # broken: reconnect next time
+            raise
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+    def _read_one(self, sql, args):
+        rows = self._read(sql, args)
+        return rows[0] if rows else None
+
     # -- schema -------------------------------------------------------------------
 
     def migrate(self):
@@ -100,29 +119,22 @@ class Database:
     # -- reading ------------------------------------------------------------------
 
     def file(self, file_id):
-        with self.transaction() as cur:
-            cur.execute("SELECT * FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
-            return cur.fetchone()
+        return self._read_one("SELECT * FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
 
     def latest_file(self, user, filepath):
         """The file in progress or done for this path, else the last errored or
         cancelled one, else None."""
-        with self.transaction() as cur:
-            cur.execute("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
-                           ORDER BY (status IN ('error', 'disabled')), created_at DESC
-                           LIMIT 1""", (user, filepath))
-            return cur.fetchone()
+        return self._read_one("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
+                                 ORDER BY (status IN ('error', 'disabled')), created_at DESC
+                                 LIMIT 1""", (user, filepath))
 
     def checksums(self, file_id, source):
-        with self.transaction() as cur:
-            cur.execute("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
-                        (file_id, source))
-            return {row["type"]: row["value"] for row in cur.fetchall()}
+        rows = self._read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
+                          (file_id, source))
+        return {row["type"]: row["value"] for row in rows}
 
     def events(self, file_id):
-        with self.transaction() as cur:
-            cur.execute("SELECT * FROM file_events WHERE file_id = %s ORDER BY id", (file_id,))
-            return cur.fetchall()
+        return self._read("SELECT * FROM file_events WHERE file_id = %s ORDER BY id", (file_id,))
 
     # -- changing -----------------------------------------------------------------
 
@@ -199,10 +211,8 @@ class Database:
             raise DuplicateAccession(accession_id) from None
 
     def accession_owner(self, accession_id):
-        with self.transaction() as cur:
-            cur.execute("SELECT id FROM files WHERE accession_id = %s", (accession_id,))
-            row = cur.fetchone()
-            return row and row["id"]
+        row = self._read_one("SELECT id FROM files WHERE accession_id = %s", (accession_id,))
+        return row and row["id"]
 
     def set_error(self, file_id, ctx, code, reason, expected=ACTIVE):
         with self.transaction() as cur:

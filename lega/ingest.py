@@ -38,20 +38,21 @@ def ingest(worker, ctx, trigger):
     given = messages.checksum_dict(trigger.get("encrypted_checksums"))
     with upload, contextlib.ExitStack() as threads:
         LOG.info("found in the inbox (%d bytes): ingestion starts", size)
-        ctx.to_cega("files.processing", messages.PROCESSING,
-                    {"user": user, "filepath": filepath, "status": "processing"})
+        ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
+                    {"user": user, "filepath": filepath, "status": "processing"}, wait=False)
 
         # checksums on threads of their own, while this one reads and writes: the whole
         # upload's sha256 (and md5 only when Central EGA gave one to compare), the body's
-        whole = [threads.enter_context(Checksummer(kind)) for kind in ("sha256", "md5")
-                 if kind == "sha256" or kind in given]
-        body = threads.enter_context(Checksummer("sha256"))
+        whole = [threads.enter_context(Checksummer(kind, size_hint=size))
+                 for kind in ("sha256", "md5") if kind == "sha256" or kind in given]
+        body = threads.enter_context(Checksummer("sha256", size_hint=size))
         upload = FeedingReader(upload, whole)
         header = read_header(upload, worker.config["ingest.max_header_size"],
                              worker.config["ingest.max_header_packets"])
 
         archive_path = worker.vault.path_for(file["id"])
-        with worker.vault.writer(archive_path, size_hint=size - len(header)) as vault_object:
+        retry = ctx.redelivered or ctx.attempt > 1 or not created  # clean up after it
+        with worker.vault.writer(archive_path, size - len(header), retry) as vault_object:
             chunk_size = worker.config["ingest.chunk_size"]
             while chunk := upload.read(chunk_size):
                 body.feed(chunk)
@@ -73,16 +74,15 @@ def ingest(worker, ctx, trigger):
         else:  # another worker archived the same upload first: its object is this one
             LOG.info("another worker archived it meanwhile (now %s): nothing to do", now)
         return
-    hand_over_to_verify(ctx, worker.db.file(file["id"]))
+    hand_over_to_verify(ctx, file["id"], user, filepath, archive_path, archived)
 
 
-def hand_over_to_verify(ctx, file):
-    archived = ctx.worker.db.checksums(file["id"], "archived")
+def hand_over_to_verify(ctx, file_id, user, filepath, archive_path, archived):
     ctx.publish(broker.LEGA_EXCHANGE, "archived", messages.VERIFICATION, {
-        "user": file["submission_user"],
-        "filepath": file["filepath"],
-        "file_id": str(file["id"]),
-        "archive_path": file["archive_path"],
+        "user": user,
+        "filepath": filepath,
+        "file_id": str(file_id),
+        "archive_path": archive_path,
         "encrypted_checksums": messages.checksums(**archived),
         "re_verify": False,
     })
@@ -93,7 +93,8 @@ def already_ingested(worker, ctx, file):
     our commit and our hand-over (the broker redelivers), hand over again."""
     if ctx.redelivered and file["status"] == "archived":
         LOG.info("redelivered after a crash: handing over to verify again")
-        hand_over_to_verify(ctx, file)
+        hand_over_to_verify(ctx, file["id"], file["submission_user"], file["filepath"],
+                            file["archive_path"], worker.db.checksums(file["id"], "archived"))
     else:
         LOG.info("already %s: nothing to do", file["status"])
 

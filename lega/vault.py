@@ -47,9 +47,10 @@ class Vault:
         """The archive path of a file id (what is recorded and put in messages)."""
         raise NotImplementedError
 
-    def writer(self, archive_path, size_hint=None):
+    def writer(self, archive_path, size_hint=None, retry=True):
         """A writer for the object; ``size_hint`` is the expected size (for part sizes).
-        Leftovers of an earlier, interrupted attempt at the same object are removed."""
+        On a ``retry``, the leftovers of an earlier, interrupted attempt at the same
+        object are removed first."""
         raise NotImplementedError
 
     def open(self, archive_path):
@@ -69,10 +70,10 @@ class Vault:
 
 
 class _PosixWriter(VaultWriter):
-    def __init__(self, final):
+    def __init__(self, final, retry):
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(f".{final.name}.*.part"):  # an interrupted attempt
+        for stale in final.parent.glob(f".{final.name}.*.part") if retry else ():
             LOG.info("removing %s, left by an earlier attempt", stale.name)
             stale.unlink(missing_ok=True)
         self.tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.part"
@@ -124,8 +125,8 @@ class PosixVault(Vault):
             raise ValueError(f"archive path {archive_path!r} is outside the vault")
         return path
 
-    def writer(self, archive_path, size_hint=None):
-        return _PosixWriter(self._file(archive_path))
+    def writer(self, archive_path, size_hint=None, retry=True):
+        return _PosixWriter(self._file(archive_path), retry)
 
     def open(self, archive_path):
         return open(self._file(archive_path), "rb")
@@ -167,14 +168,15 @@ class _S3Writer(VaultWriter):
     smaller than one part is a single PUT. The object appears only when the upload is
     completed; a failure aborts it."""
 
-    def __init__(self, client, bucket, key, part_size):
+    def __init__(self, client, bucket, key, part_size, retry):
         self.s3, self.bucket, self.key, self.part_size = client, bucket, key, part_size
         self.buffer = bytearray()
         self.upload_id = None
         self.in_flight = collections.deque()
         self.parts = []
         self.pool = None
-        abort_uploads(client, bucket, key)  # an interrupted attempt: start clean
+        if retry:
+            abort_uploads(client, bucket, key)  # an interrupted attempt: start clean
 
     def _put_part(self, number, data):
         etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
@@ -258,9 +260,9 @@ class S3Vault(Vault):
     def path_for(self, file_id):
         return str(file_id)
 
-    def writer(self, archive_path, size_hint=None):
+    def writer(self, archive_path, size_hint=None, retry=True):
         return _S3Writer(self.s3, self.bucket, archive_path,
-                         part_size_for(size_hint, self.min_part_size))
+                         part_size_for(size_hint, self.min_part_size), retry)
 
     def open(self, archive_path):
         return s3.ObjectReader(self.s3, self.bucket, archive_path)

@@ -68,8 +68,10 @@ def decrypt_and_check(worker, file, keys):
 
     # the checksums run on threads of their own while this one reads and decrypts
     with contextlib.ExitStack() as threads, worker.vault.open(archive_path) as stream:
-        archived = threads.enter_context(Checksummer("sha256"))
-        plain = [threads.enter_context(Checksummer(kind)) for kind in ("sha256", "md5")]
+        size = file["archive_size"]
+        archived = threads.enter_context(Checksummer("sha256", size_hint=size))
+        plain = [threads.enter_context(Checksummer(kind, size_hint=size))
+                 for kind in ("sha256", "md5")]
         decryptor = BodyDecryptor(keys)
         user_error = None
         while chunk := stream.read(READ_SIZE):

@@ -30,6 +30,7 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pika.exceptions
 
@@ -79,6 +80,7 @@ class Context:
         self.user = None
         self.filepath = None
         self.file_id = None
+        self.unsettled = []
 
     def about(self, user=None, filepath=None, file_id=None):
         """Say which file this message is about (for logs, reports and correlation)."""
@@ -99,14 +101,38 @@ class Context:
             self.about(*(body.get(k) if isinstance(body.get(k), str) else None
                          for k in ("user", "filepath")))
 
-    def publish(self, exchange, routing_key, kind, body):
-        """Validate and publish, confirmed by the broker, correlated with the file."""
+    def publish(self, exchange, routing_key, kind, body, wait=True):
+        """Validate and publish, confirmed by the broker, correlated with the file. With
+        ``wait=False`` the confirm is waited for at the end of the step."""
         messages.check_outgoing(kind, body)
-        self.worker.publish_threadsafe(exchange, routing_key, broker.encode(body),
-                                       self.correlation_id)
+        publication = self.worker.publish_threadsafe(exchange, routing_key, broker.encode(body),
+                                                     self.correlation_id, wait=wait)
+        if not wait:
+            self.unsettled.append(publication)
 
-    def to_cega(self, routing_key, kind, body):
-        self.publish(broker.CEGA_EXCHANGE, routing_key, kind, body)
+    def to_cega(self, routing_key, kind, body, wait=True):
+        self.publish(broker.CEGA_EXCHANGE, routing_key, kind, body, wait)
+
+    def settle(self):
+        """Wait for the confirms of what was published without waiting."""
+        while self.unsettled:
+            self.unsettled.pop(0).settle()
+
+
+class Publication:
+    """A publish handed to the connection's thread, confirmed or failed once done."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.done = threading.Event()
+        self.error = None
+
+    def settle(self):
+        while not self.done.wait(1):
+            if not self.connection.is_open:
+                raise pika.exceptions.ConnectionClosed(320, "connection lost while publishing")
+        if self.error is not None:
+            raise self.error
 
 
 class Worker:
@@ -124,6 +150,8 @@ class Worker:
         self.delays = [float(d) for d in config["retry.delays"]]
         self.max_attempts = config["retry.max_attempts"]
         self.stopping = stopping or Stop()
+        # one long-lived thread runs the steps, while this one keeps the connection
+        self.step_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-step")
         self.connection = None
         self.channel = None
         self._delivery = None
@@ -199,8 +227,7 @@ class Worker:
                 except Exception:
                     pass
 
-        thread = threading.Thread(target=work, name=f"{self.name}-step", daemon=True)
-        thread.start()
+        self.step_thread.submit(work)
         try:
             while not done.is_set():
                 self.connection.process_data_events(time_limit=0.25)
@@ -211,7 +238,6 @@ class Worker:
             LOG.warning("lost the broker while working; waiting for the step to end")
             done.wait()
             raise
-        thread.join()
         if "ok" in outcome:
             self.channel.basic_ack(method.delivery_tag)
             return
@@ -235,28 +261,25 @@ class Worker:
             os._exit(0)
 
     def publish_threadsafe(self, exchange, routing_key, body, correlation_id, headers=None,
-                           message_id=None):
-        """Publish from the work thread through the connection's thread; wait for the
-        broker's confirm."""
-        result = {}
-        done = threading.Event()
+                           message_id=None, wait=True):
+        """Publish from the work thread through the connection's thread, which waits for
+        the broker's confirm. With ``wait=False`` the step goes on meanwhile; what is
+        returned is then to be ``settle``-d before the message is acknowledged."""
+        publication = Publication(self.connection)
 
         def on_connection_thread():
             try:
                 broker.publish(self.channel, exchange, routing_key, body, correlation_id, headers,
                                message_id)
             except BaseException as e:
-                result["error"] = e
+                publication.error = e
             finally:
-                done.set()
+                publication.done.set()
 
-        connection = self.connection
-        connection.add_callback_threadsafe(on_connection_thread)
-        while not done.wait(1):
-            if not connection.is_open:
-                raise pika.exceptions.ConnectionClosed(320, "connection lost while publishing")
-        if "error" in result:
-            raise result["error"]
+        self.connection.add_callback_threadsafe(on_connection_thread)
+        if wait:
+            publication.settle()
+        return publication
 
     # -- the work thread ------------------------------------------------------------
 
@@ -274,7 +297,9 @@ class Worker:
                          ctx.incoming_correlation_id, ctx.attempt,
                          ", redelivered" if ctx.redelivered else "")
                 self.handle(self, ctx, body)
+                ctx.settle()
             except UserError as e:
+                ctx.settle()
                 self.report_user_error(ctx, e)
         except broker.CONNECTION_ERRORS:
             raise

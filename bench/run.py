@@ -1,0 +1,201 @@
+"""make bench: the real workers on the real services, against the baselines, on the
+same files in the same run. Prints a table and writes bench/results/bench.json.
+
+    .venv/bin/python bench/run.py [--size-mib 1024] [--big-mib 4096]
+                                  [--small-count 1000] [--small-kib 64]
+
+- ingest of one file (trigger -> archived) against `cp` of it into a folder + `sync`;
+- verify of it (archived -> verified) against `openssl dgst -md5` of the plaintext and
+  `crypt4gh decrypt | tee >(md5sum) | sha256sum`;
+- peak RSS of every worker after that file, and after a big one;
+- many small files end to end (trigger -> files.completed, Central EGA answering), with
+  one and with two workers of each kind;
+- two files on two ingest workers at once, against one file on one.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from stack import MIB, ROOT, BenchStack, conftest, encrypt_file, make_keys, make_plaintext
+
+TARGETS = {"ingest_vs_cp": 0.8, "verify_vs_md5": 0.75, "verify_vs_pipeline": 1.5,
+           "rss_mib": 100, "small_files_per_s_2": 50, "two_ingest_scaling": 1.6}
+
+
+def timed(command, env=None):
+    subprocess.run(["sync"], check=True)
+    start = time.monotonic()
+    subprocess.run(["bash", "-c", command], check=True, env={**os.environ, **(env or {})})
+    return time.monotonic() - start
+
+
+def one_file(work, keys, size_mib):
+    """Ingest and verify one file, with the baselines on the same files."""
+    stack = BenchStack(work / f"one-{size_mib}", keys)
+    try:
+        plain = stack.work / "plain.bin"
+        upload = stack.inbox_dir / "bench" / "file.c4gh"
+        upload.parent.mkdir(parents=True)
+        make_plaintext(plain, size_mib * MIB)
+        encrypt_file(plain, upload, keys)
+        size = upload.stat().st_size
+        subprocess.run(["sync"], check=True)
+        start = time.time()
+        stack.trigger(("bench", "file.c4gh"))
+        archived = stack.wait(["bench"], "archived")["bench"]
+        verified = stack.wait(["bench"], "verified")["bench"]
+        stack.wait(["bench"], "ready")
+        rss = stack.peak_rss_mib()
+        result = {"size_bytes": size, "ingest_s": archived - start,
+                  "verify_s": verified - archived, "peak_rss_mib": rss}
+        target = stack.work / "cp-target"
+        result["cp_sync_s"] = timed(f"cp '{upload}' '{target}' && sync")
+        target.unlink()
+        result["openssl_md5_s"] = timed(f"openssl dgst -md5 '{plain}' > /dev/null")
+        crypt4gh = conftest.BIN / "crypt4gh"
+        result["crypt4gh_pipeline_s"] = timed(
+            f"'{crypt4gh}' decrypt --sk '{keys['archive'].sec}' < '{upload}' "
+            "| tee >(md5sum > /dev/null) | sha256sum > /dev/null",
+            env={"C4GH_PASSPHRASE": keys["archive"].passphrase})
+        plain.unlink()
+        return result
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
+def big_file_rss(work, keys, size_mib):
+    stack = BenchStack(work / f"big-{size_mib}", keys)
+    try:
+        plain = stack.work / "plain.bin"
+        upload = stack.inbox_dir / "bench" / "big.c4gh"
+        upload.parent.mkdir(parents=True)
+        make_plaintext(plain, size_mib * MIB)
+        encrypt_file(plain, upload, keys)
+        plain.unlink()
+        stack.trigger(("bench", "big.c4gh"))
+        stack.wait(["bench"], "ready")
+        return stack.peak_rss_mib()
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
+def small_files(work, keys, count, kib, workers):
+    stack = BenchStack(work / f"small-{workers}", keys, workers=workers)
+    try:
+        users = [f"small-{i}" for i in range(count)]
+        for user in users:
+            path = stack.inbox_dir / user / "small.c4gh"
+            path.parent.mkdir(parents=True)
+            path.write_bytes(conftest.encrypt(os.urandom(kib * 1024), keys))
+        start = time.time()
+        stack.trigger(*[(user, "small.c4gh") for user in users])
+        ready = stack.wait(users, "ready")
+        seconds = max(ready.values()) - start
+        return {"files": count, "seconds": seconds, "files_per_s": count / seconds}
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
+def two_ingests(work, keys, size_mib):
+    """Two files at once on two ingest workers: their throughput together."""
+    stack = BenchStack(work / "two", keys, workers=2)
+    try:
+        plain = stack.work / "plain.bin"
+        make_plaintext(plain, size_mib * MIB)
+        users = ["two-a", "two-b"]
+        size = 0
+        for user in users:
+            upload = stack.inbox_dir / user / "file.c4gh"
+            upload.parent.mkdir(parents=True)
+            encrypt_file(plain, upload, keys)
+            size += upload.stat().st_size
+        plain.unlink()
+        subprocess.run(["sync"], check=True)
+        start = time.time()
+        stack.trigger(*[(user, "file.c4gh") for user in users])
+        archived = stack.wait(users, "archived")
+        seconds = max(archived.values()) - start
+        stack.wait(users, "ready")
+        return {"bytes": size, "seconds": seconds}
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
+def mbps(size, seconds):
+    return size / seconds / 1e6
+
+
+def report(r, args):
+    one = r["one_file"]
+    size = one["size_bytes"]
+    rows = [
+        ("ingest", one["ingest_s"], "cp + sync", one["cp_sync_s"], "ingest_vs_cp"),
+        ("verify", one["verify_s"], "openssl dgst -md5", one["openssl_md5_s"], "verify_vs_md5"),
+        ("verify", one["verify_s"], "crypt4gh decrypt, tee to md5sum and sha256sum",
+         one["crypt4gh_pipeline_s"], "verify_vs_pipeline"),
+    ]
+    lines = [f"lega benchmark: {os.cpu_count()} cores, one file of {args.size_mib} MiB "
+             f"({size} bytes encrypted)", "",
+             "| step | lega | baseline | baseline speed | ratio (target) |",
+             "|---|---|---|---|---|"]
+    for step, ours, name, theirs, key in rows:
+        ratio = theirs / ours
+        r["ratios"][key] = ratio
+        lines.append(f"| {step} | {ours:.2f} s, {mbps(size, ours):.0f} MB/s | {name} | "
+                     f"{theirs:.2f} s, {mbps(size, theirs):.0f} MB/s | "
+                     f"{ratio:.2f} (>= {TARGETS[key]}) |")
+    lines += ["", "| peak RSS (MiB) | " + " | ".join(sorted(one["peak_rss_mib"])) + " |",
+              "|---|" + "---|" * len(one["peak_rss_mib"])]
+    for label, rss in ((f"{args.size_mib} MiB file", one["peak_rss_mib"]),
+                       (f"{args.big_mib} MiB file", r["big_file_rss_mib"])):
+        lines.append(f"| {label} | " + " | ".join(f"{rss[k]:.0f}" for k in sorted(rss)) + " |")
+    lines.append("")
+    for workers in (1, 2):
+        small = r[f"small_files_{workers}"]
+        lines.append(f"{small['files']} files of {args.small_kib} KiB end to end, {workers} "
+                     f"worker(s) of each kind: {small['files_per_s']:.1f} files/s")
+    two = r["two_ingests"]
+    scaling = mbps(two["bytes"], two["seconds"]) / mbps(size, one["ingest_s"])
+    r["ratios"]["two_ingest_scaling"] = scaling
+    lines.append(f"two files on two ingest workers: {mbps(two['bytes'], two['seconds']):.0f} "
+                 f"MB/s together, {scaling:.2f} x one ingest (target >= 1.6)")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="lega benchmark")
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--big-mib", type=int, default=4096)
+    parser.add_argument("--small-count", type=int, default=1000)
+    parser.add_argument("--small-kib", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lega-bench-", dir=ROOT / "bench") as tmp:
+        work = Path(tmp)
+        keys = make_keys(work / "keys")
+        results = {"cores": os.cpu_count(), "args": vars(args), "ratios": {}}
+        results["one_file"] = one_file(work, keys, args.size_mib)
+        results["big_file_rss_mib"] = big_file_rss(work, keys, args.big_mib)
+        for workers in (1, 2):
+            results[f"small_files_{workers}"] = small_files(work, keys, args.small_count,
+                                                            args.small_kib, workers)
+        results["two_ingests"] = two_ingests(work, keys, args.size_mib)
+    table = report(results, args)
+    print(table)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    (out / "bench.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
