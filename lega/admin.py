@@ -4,6 +4,11 @@
     ega-admin db version            the schema version in place
     ega-admin file USER FILEPATH    one file: status, ids, sizes, checksums, history
     ega-admin keys generate         a Crypt4GH key pair for the archive
+    ega-admin files [--status S] [--user U]   the latest files, of a status or user
+    ega-admin errors                the files whose ingestion ended in error
+    ega-admin cancel USER FILEPATH  cancel a file (as Central EGA would)
+    ega-admin re-verify USER FILEPATH   verify an archived file again
+    ega-admin key USER FILEPATH     which of the configured keys the file is encrypted for
     ega-admin dead-letters list     the messages parked for operators
     ega-admin dead-letters requeue  send them (--all, or some ids) back for another try
 
@@ -67,6 +72,77 @@ def print_report(report):
         print(line)
 
 
+def listed(file):
+    return {"file_id": str(file["id"]), "user": file["submission_user"],
+            "filepath": file["filepath"], "status": file["status"],
+            "accession_id": file["accession_id"], "error_code": file["error_code"],
+            "error": file["error_reason"], "updated_at": file["updated_at"].isoformat()}
+
+
+def table(rows):
+    """A plain text table of dicts (None shown as -), or a line saying there is none."""
+    if not rows:
+        return "no files"
+    columns = [c for c in rows[0] if any(r[c] is not None for r in rows)]
+    cells = [[("-" if r[c] is None else str(r[c]))[:80] for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
+              for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def one_file_command(args, config, db):
+    """cancel, re-verify and key: about one file, named as Central EGA names it."""
+    from . import broker, c4gh, messages
+
+    file = db.latest_file(args.user, args.filepath)
+    if file is None:
+        print(f"no file {args.filepath!r} for user {args.user!r}", file=sys.stderr)
+        return 1
+    if args.command == "key":
+        if file["header"] is None:
+            print(f"the file is {file['status']}: its header is not stored", file=sys.stderr)
+            return 1
+        keys = c4gh.load_private_keys(config["keys"])
+        index = c4gh.opening_key(bytes(file["header"]), keys)
+        shown = {"file_id": str(file["id"]), "key": None if index is None else index,
+                 "path": None if index is None else config["keys"][index]["path"],
+                 "public_key": None if index is None else
+                 keys[index].public_key().public_bytes_raw().hex()}
+        if args.json:
+            print(json.dumps(shown))
+        elif index is None:
+            print("none of the configured keys opens this file's header")
+        else:
+            print(f"keys[{index}]: {shown['path']} (public key {shown['public_key']})")
+        return 0 if index is not None else 1
+
+    connection, channel = broker.connect(config["broker.url"], name="ega-admin")
+    try:
+        broker.declare_topology(channel)
+        if args.command == "cancel":
+            body = {"type": "cancel", "user": args.user, "filepath": args.filepath}
+            broker.publish(channel, "", broker.FILES_QUEUE, body, file["id"])
+            print(f"cancel sent for {file['id']} ({file['status']}): ingest removes its "
+                  "archived copy and disables it")
+            return 0
+        if file["status"] not in ("verified", "ready"):
+            print(f"the file is {file['status']}: only a verified or ready file can be "
+                  "verified again", file=sys.stderr)
+            return 1
+        body = messages.check_outgoing(messages.VERIFICATION, {
+            "user": args.user, "filepath": args.filepath, "file_id": str(file["id"]),
+            "archive_path": file["archive_path"],
+            "encrypted_checksums": messages.checksums(**db.checksums(file["id"], "archived")),
+            "re_verify": True})
+        broker.publish(channel, broker.LEGA_EXCHANGE, "archived", body, file["id"])
+        print(f"re-verification of {file['id']} sent to verify; its history will show it")
+        return 0
+    finally:
+        connection.close()
+
+
 def dead_letters_command(args, config, db):
     from . import dead_letters
 
@@ -122,6 +198,24 @@ def main(argv=None):
     file_parser.add_argument("filepath")
     file_parser.add_argument("--json", action="store_true", help="print one JSON object")
 
+    files_parser = sub.add_parser("files", help="list the latest files")
+    files_parser.add_argument("--status", choices=["submitted", "archived", "verified", "ready",
+                                                   "error", "disabled"])
+    files_parser.add_argument("--user")
+    files_parser.add_argument("--limit", type=int, default=100)
+    files_parser.add_argument("--json", action="store_true", help="print a JSON list")
+    errors_parser = sub.add_parser("errors", help="list the files in error")
+    errors_parser.add_argument("--limit", type=int, default=100)
+    errors_parser.add_argument("--json", action="store_true", help="print a JSON list")
+    for command, text in (("cancel", "cancel a file: its archived copy is removed"),
+                          ("re-verify", "verify an archived file again, against its records"),
+                          ("key", "which configured key the file is encrypted for")):
+        one = sub.add_parser(command, help=text)
+        one.add_argument("user")
+        one.add_argument("filepath")
+        if command == "key":
+            one.add_argument("--json", action="store_true", help="print one JSON object")
+
     keys_parser = sub.add_parser("keys", help="archive keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
     gen = keys_sub.add_parser("generate", help="create a Crypt4GH key pair")
@@ -165,6 +259,14 @@ def main(argv=None):
 
         if args.command == "dead-letters":
             return dead_letters_command(args, config, db)
+        if args.command in ("files", "errors"):
+            rows = [listed(f) for f in db.files("error" if args.command == "errors"
+                                                else args.status,
+                                                getattr(args, "user", None), args.limit)]
+            print(json.dumps(rows) if args.json else table(rows))
+            return 0
+        if args.command in ("cancel", "re-verify", "key"):
+            return one_file_command(args, config, db)
 
         report = file_report(db, args.user, args.filepath)
         if report is None:

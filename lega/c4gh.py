@@ -149,6 +149,15 @@ def session_keys(header, private_keys):
     return keys
 
 
+def opening_key(header, private_keys):
+    """The index of the first of our private keys that opens a packet of the header,
+    or None."""
+    for index, key in enumerate(private_keys):
+        if any(_open_packet(packet, [key]) is not None for packet in header_packets(header)):
+            return index
+    return None
+
+
 def load_private_keys(key_settings):
     """The archive's private keys from the ``keys`` settings (path and passphrase or
     passphrase_file each); a key that cannot be read stops the worker at start."""

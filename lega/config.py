@@ -76,9 +76,14 @@ DEFAULTS = {
         # on SIGTERM a worker finishes the file in hand; past this many seconds it hands
         # the message back to its queue instead, and exits
         "stop_grace_period": 300,
+        # port of /health, /ready and /metrics (0: not served); address to listen on
+        "health_port": 0,
+        "health_address": "0.0.0.0",
     },
     "log": {
         "level": "INFO",
+        "format": "text",          # text (for people) or json (one object a line, for shippers)
+        "progress_interval": 10.0,  # seconds between progress lines of a long file
     },
 }
 
@@ -293,5 +298,12 @@ def _check(config):
         unknown = set(key) - {"path", "passphrase", "passphrase_file"}
         if unknown:
             raise ConfigError(f"keys[{i}].{sorted(unknown)[0]}: unknown setting")
+    if config["log.format"] not in ("text", "json"):
+        raise ConfigError(f"log.format: must be text or json, got {config['log.format']!r}")
+    if config["log.level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log.level: must be DEBUG, INFO, WARNING or ERROR, got "
+                          f"{config['log.level']!r}")
+    if config["worker.health_port"] > 65535:
+        raise ConfigError("worker.health_port: must be a TCP port (0 to 65535)")
     if config["ingest.max_header_size"] < 16:
         raise ConfigError("ingest.max_header_size: too small for any Crypt4GH header")

@@ -128,6 +128,16 @@ class Database:
                                  ORDER BY (status IN ('error', 'disabled')), created_at DESC
                                  LIMIT 1""", (user, filepath))
 
+    def files(self, status=None, user=None, limit=100):
+        """The most recently changed files, of a status and/or a user if given."""
+        return self._read("""SELECT id, submission_user, filepath, status, accession_id,
+                                    error_code, error_reason, updated_at
+                             FROM files
+                             WHERE (%(status)s IS NULL OR status = %(status)s)
+                               AND (%(user)s IS NULL OR submission_user = %(user)s)
+                             ORDER BY updated_at DESC LIMIT %(limit)s""",
+                          {"status": status, "user": user, "limit": limit})
+
     def checksums(self, file_id, source):
         rows = self._read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
                           (file_id, source))

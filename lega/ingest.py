@@ -15,6 +15,7 @@ import logging
 from . import broker, inbox, messages
 from .c4gh import read_header
 from .checksums import Checksummer
+from .logs import Progress
 from .errors import CHECKSUM_MISMATCH, UserError
 from .worker import main as worker_main
 
@@ -38,6 +39,7 @@ def ingest(worker, ctx, trigger):
     given = messages.checksum_dict(trigger.get("encrypted_checksums"))
     with upload, contextlib.ExitStack() as threads:
         LOG.info("found in the inbox (%d bytes): ingestion starts", size)
+        ctx.bytes = size
         ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
                     {"user": user, "filepath": filepath, "status": "processing"}, wait=False)
 
@@ -54,9 +56,11 @@ def ingest(worker, ctx, trigger):
         retry = ctx.redelivered or ctx.attempt > 1 or not created  # clean up after it
         with worker.vault.writer(archive_path, size - len(header), retry) as vault_object:
             chunk_size = worker.config["ingest.chunk_size"]
+            progress = Progress("archiving", size, worker.config["log.progress_interval"])
             while chunk := upload.read(chunk_size):
                 body.feed(chunk)
                 vault_object.write(chunk)
+                progress.add(len(chunk))
             uploaded = {k: v for checksummer in whole for k, v in checksummer.result().items()}
             check_encrypted_checksums(given, uploaded)
             vault_object.commit()

@@ -14,6 +14,7 @@ import logging
 from . import broker, messages
 from .c4gh import BodyDecryptor, load_private_keys, session_keys
 from .checksums import Checksummer
+from .logs import Progress
 from .errors import IntegrityError, UserError
 from .worker import main as worker_main
 
@@ -37,6 +38,7 @@ def handle(worker, ctx, message):
             LOG.info("already %s: nothing to do", file["status"])
         return
 
+    ctx.bytes = file["archive_size"]
     keys = session_keys(bytes(file["header"]), worker.keys)
     size, decrypted = decrypt_and_check(worker, file, keys)
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
@@ -74,7 +76,9 @@ def decrypt_and_check(worker, file, keys):
                  for kind in ("sha256", "md5")]
         decryptor = BodyDecryptor(keys)
         user_error = None
+        progress = Progress("verifying", size, worker.config["log.progress_interval"])
         while chunk := stream.read(READ_SIZE):
+            progress.add(len(chunk))
             archived.feed(chunk)
             if user_error is None:  # after one, only the archive's checksum goes on
                 user_error = _decrypt(decryptor.update, chunk, plain)

@@ -34,34 +34,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pika.exceptions
 
-from . import broker, config as lega_config, messages, vault as lega_vault
+from . import broker, config as lega_config, health, logs, messages, vault as lega_vault
 from .db import Database
 from .errors import NotReady, UserError
 
 LOG = logging.getLogger(__name__)
 
-current_file = contextvars.ContextVar("current_file", default="-")
 IN_PROGRESS = ("submitted", "archived", "verified")
 ATTEMPTS_HEADER = "x-lega-attempts"
 PARKED = "internal_error"  # the error code of a file whose message was parked
-
-
-class ContextFilter(logging.Filter):
-    def filter(self, record):
-        record.file = current_file.get()
-        return True
-
-
-def setup_logging(level):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s [%(file)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("pika", "crypt4gh", "botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class Context:
@@ -81,6 +62,8 @@ class Context:
         self.filepath = None
         self.file_id = None
         self.unsettled = []
+        self.outcome = "done"  # or user_error, retried, parked
+        self.bytes = None      # the size of the file it was about, when known
 
     def about(self, user=None, filepath=None, file_id=None):
         """Say which file this message is about (for logs, reports and correlation)."""
@@ -89,7 +72,8 @@ class Context:
         if file_id:
             self.file_id = str(file_id)
             self.correlation_id = self.file_id
-        current_file.set(f"{self.file_id or '-'} {self.user}:{self.filepath}")
+        logs.set_about(file_id=self.file_id, correlation_id=self.correlation_id,
+                       user=self.user, filepath=self.filepath)
 
     def about_from_raw(self):
         """For a message that failed validation: whatever user and filepath it names."""
@@ -155,6 +139,7 @@ class Worker:
         self.connection = None
         self.channel = None
         self._delivery = None
+        self.last_tick = time.monotonic()
 
     # -- the connection's thread ----------------------------------------------------
 
@@ -171,7 +156,9 @@ class Worker:
                     break
                 LOG.warning("lost the broker (%s: %s); reconnecting in %.0fs",
                             e.__class__.__name__, e, delay)
-                self.stopping.wait(delay)
+                end = time.monotonic() + delay
+                while time.monotonic() < end and not self._waiting():
+                    time.sleep(0.2)
                 delay = min(delay * 2, self.config["broker.reconnect_max_delay"])
             finally:
                 self._close()
@@ -182,11 +169,16 @@ class Worker:
         self.connection, self.channel = broker.connect_with_backoff(
             self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
             self.config["broker.reconnect_delay"], self.config["broker.reconnect_max_delay"],
-            should_stop=self.stopping.is_set)
+            should_stop=self._waiting)
         broker.declare_topology(self.channel, self.delays)
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
         LOG.info("%s consuming from %s", self.ident, self.queue)
+
+    def _waiting(self):
+        """Called while waiting for the broker: alive, and whether to stop waiting."""
+        self.last_tick = time.monotonic()
+        return self.stopping.is_set()
 
     def _close(self):
         try:
@@ -202,6 +194,7 @@ class Worker:
 
     def _consume(self):
         while not self.stopping.is_set():
+            self.last_tick = time.monotonic()
             self.connection.process_data_events(time_limit=1)
             if self._delivery is not None:
                 method, props, body = self._delivery
@@ -227,9 +220,12 @@ class Worker:
                 except Exception:
                     pass
 
+        started = time.monotonic()
+        health.IN_FLIGHT.labels(self.name).inc()
         self.step_thread.submit(work)
         try:
             while not done.is_set():
+                self.last_tick = time.monotonic()
                 self.connection.process_data_events(time_limit=0.25)
                 if self.stopping.must_hand_back(self.config["worker.stop_grace_period"]):
                     self._hand_back_and_exit(method)
@@ -238,6 +234,12 @@ class Worker:
             LOG.warning("lost the broker while working; waiting for the step to end")
             done.wait()
             raise
+        finally:
+            health.IN_FLIGHT.labels(self.name).dec()
+            health.STEP_SECONDS.labels(self.name).observe(time.monotonic() - started)
+            if ctx.bytes is not None:
+                health.STEP_BYTES.labels(self.name).observe(ctx.bytes)
+        health.MESSAGES.labels(self.queue, ctx.outcome if "ok" in outcome else "failed").inc()
         if "ok" in outcome:
             self.channel.basic_ack(method.delivery_tag)
             return
@@ -284,7 +286,7 @@ class Worker:
     # -- the work thread ------------------------------------------------------------
 
     def _step(self, ctx):
-        current_file.set("-")
+        logs.about.set({"correlation_id": ctx.incoming_correlation_id})
         try:
             try:
                 try:
@@ -311,6 +313,7 @@ class Worker:
     def report_user_error(self, ctx, error):
         """The submitter's fault: error status, nothing in the vault, one files.error."""
         LOG.warning("user error %s: %s", error.code, error.reason)
+        ctx.outcome = "user_error"
         if ctx.file_id:
             file = self.db.file(ctx.file_id)
             if file and file["status"] in IN_PROGRESS:
@@ -346,11 +349,15 @@ class Worker:
                           "".join(traceback.format_exception(error)).rstrip())
             self.publish_threadsafe(broker.retry_exchange(delay), self.queue, ctx.raw,
                                     ctx.incoming_correlation_id, headers)
+            ctx.outcome = "retried"
+            health.RETRIES.labels(self.queue).inc()
             return
         LOG.error("failed %d times (%s); parking the message in %s for operators",
                   ctx.attempt, reason, broker.DEAD_LETTERS)
         self.publish_threadsafe("", broker.DEAD_LETTERS, ctx.raw, ctx.incoming_correlation_id,
                                 headers, message_id=uuid.uuid4().hex)
+        ctx.outcome = "parked"
+        health.DEAD_LETTERS.labels(self.queue).inc()
         if ctx.file_id:
             self.db.set_error(ctx.file_id, ctx, PARKED,
                               f"parked after {ctx.attempt} attempts: {reason}",
@@ -415,11 +422,13 @@ def main(name, queue, kind, handle, argv=None, prepare=None):
     stopping = stop_on_signals()
     try:
         config = lega_config.load(args.conf)
-        setup_logging(config["log.level"])
+        logs.setup(config["log.level"], config["log.format"], name)
         vault = lega_vault.from_config(config)
         worker = Worker(name, queue, kind, handle, config, vault=vault, stopping=stopping)
         if prepare is not None:
             prepare(worker)
+        if config["worker.health_port"]:
+            health.serve(worker, config["worker.health_address"], config["worker.health_port"])
         wait_until_usable("the vault", vault.check, config, stopping)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)

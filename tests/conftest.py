@@ -259,15 +259,21 @@ class Stack:
         self.keys = keys
         self.db = None  # set by the fixture: a direct connection, not the workers' proxy
         self.processes = {}
+        self.health = {}
 
     # the worker programs
     def start_worker(self, name, tag=None, env=None):
+        """Start a worker program; its /health, /ready and /metrics on a port of its own
+        (``self.health[tag]``)."""
         tag = tag or name
         log = open(self.root / f"{tag}.log", "ab")
+        port = seaweed.free_port()
+        self.health[tag] = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "LEGA_WORKER_HEALTH_PORT": str(port),
+               "LEGA_WORKER_HEALTH_ADDRESS": "127.0.0.1", **(env or {})}
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
                                                 str(self.config_path)],
-                                               stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **(env or {})})
+                                               stdout=log, stderr=subprocess.STDOUT, env=env)
         return self.processes[tag]
 
     def wait_consuming(self, tag, timeout=30):
@@ -504,6 +510,10 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self):
+        try:  # wakes the thread blocked in accept(), which close() alone would not
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             for sock in list(self.sockets):
