@@ -1,0 +1,542 @@
+"""The deployment files, checked without a container engine: they parse; every program,
+subcommand and option they run exists; every LEGA_* variable is a real setting and the
+environment they give makes a valid configuration; every secret file they name is
+mounted where it is read; the workers scale, run unprivileged, answer their probes and
+may finish a file before they are killed; only verify holds the archive's key.
+
+(That the definitions file equals what the workers declare is in test_programs.py.)
+"""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lega import config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+WORKERS = ("ingest", "verify", "finalize")
+KEY_SECRETS = {"archive_key", "archive_key_passphrase"}
+STOP_GRACE_PERIOD = config.DEFAULTS["worker"]["stop_grace_period"]
+# what a secret file holds, for the settings whose values are checked at start
+SAMPLE_SECRETS = {"broker.url": "amqp://lega:secret@mq:5672/%2F",
+                  "db.dsn": "postgresql://lega:secret@db:5432/lega"}
+
+
+# -- reading the files ----------------------------------------------------------------
+
+def deploy_files(*suffixes):
+    """The files under deploy/ (not the operator's secrets), by suffix."""
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in suffixes
+                  and "secrets" not in p.relative_to(DEPLOY).parts)
+
+
+def compose():
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def services():
+    return compose()["services"]
+
+
+def lega_services():
+    """The services that run the lega image."""
+    return {name: s for name, s in services().items() if "lega" in s.get("image", "")}
+
+
+def environment(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def k8s_documents():
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def k8s_kind(kind):
+    return [(path, doc) for path, doc in k8s_documents() if doc.get("kind") == kind]
+
+
+def pod_templates():
+    """(name, pod spec) of every Deployment and Job."""
+    return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])
+            for kind in ("Deployment", "Job") for _, doc in k8s_kind(kind)]
+
+
+def container_environment(container):
+    """A container's variables: its ConfigMaps' data, then its own env."""
+    maps = {doc["metadata"]["name"]: doc.get("data", {}) for _, doc in k8s_kind("ConfigMap")}
+    env = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        assert name in maps, f"ConfigMap {name} is not in deploy/k8s"
+        env.update(maps[name])
+    env.update({item["name"]: item["value"] for item in container.get("env", [])})
+    return {k: str(v) for k, v in env.items()}
+
+
+def dockerfile_instructions():
+    """(INSTRUCTION, arguments) with continuation lines joined and comments left out."""
+    logical, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        logical.append(current + stripped)
+        current = ""
+    return [tuple((line.split(None, 1) + [""])[:2]) for line in logical]
+
+
+def console_scripts():
+    """ega-* name: (module, function), from setup.py's entry points."""
+    text = (ROOT / "setup.py").read_text()
+    return {name: (module, function) for name, module, function
+            in re.findall(r"[\"'](ega-[\w-]+)\s*=\s*([\w.]+):(\w+)[\"']", text)}
+
+
+def settings_by_variable():
+    """LEGA_* variable: setting path (``LEGA_VAULT_S3_BUCKET``: ``vault.s3.bucket``)."""
+    return {config._env_name(path): path for path in dict(config._flatten(config.DEFAULTS))}
+
+
+def setting_of(variable):
+    """(setting, read from a file?) for a LEGA_* variable, or None if it is no setting."""
+    known = settings_by_variable()
+    if variable in known:
+        return known[variable], False
+    if variable.endswith("_FILE") and variable[:-5] in known:
+        return known[variable[:-5]], True
+    return None
+
+
+def load_config(env, tmp_path):
+    """lega.config.load() on these variables, each secret file replaced by a sample."""
+    given = {}
+    for variable, value in env.items():
+        if not variable.startswith("LEGA_"):
+            continue
+        setting, from_file = setting_of(variable)
+        if from_file:
+            sample = tmp_path / variable
+            sample.write_text(SAMPLE_SECRETS.get(setting, "sample-secret") + "\n")
+            value = str(sample)
+        given[variable] = value
+    return config.load(None, environ=given)
+
+
+def secret_files_named(env):
+    """Every file a service's variables name as holding a secret or a key."""
+    files = [value for variable, value in env.items() if variable.endswith("_FILE")]
+    if "LEGA_KEYS" in env:
+        for key in yaml.safe_load(env["LEGA_KEYS"]):
+            files += [key[k] for k in ("path", "passphrase_file") if key.get(k)]
+    return files
+
+
+def seconds(duration):
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# -- every file parses ------------------------------------------------------------------
+
+def test_every_yaml_and_json_file_under_deploy_parses():
+    yaml_files = deploy_files(".yaml", ".yml")
+    json_files = deploy_files(".json")
+    assert COMPOSE_FILE in yaml_files and len(yaml_files) >= 6
+    assert DEPLOY / "rabbitmq-definitions.json" in json_files
+    for path in yaml_files:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+        assert documents, f"{path} is empty"
+        assert all(isinstance(doc, dict) for doc in documents), path
+    for path in json_files:
+        assert isinstance(json.loads(path.read_text()), dict), path
+
+
+def test_k8s_documents_are_kubernetes_objects():
+    kinds = [doc.get("kind") for _, doc in k8s_documents()]
+    assert kinds.count("Deployment") == 3 and "Job" in kinds and "ConfigMap" in kinds
+    for path, doc in k8s_documents():
+        assert doc.get("apiVersion") and doc.get("kind"), path
+        if doc["kind"] != "Kustomization":
+            assert doc["metadata"]["name"], path
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), resource
+    # the Secret template is applied by hand, once its placeholders are replaced
+    assert "secret.example.yaml" not in kustomization["resources"]
+
+
+def test_secret_template_holds_only_placeholders():
+    secrets = k8s_kind("Secret")
+    assert {doc["metadata"]["name"] for _, doc in secrets} == {"lega-secrets",
+                                                               "lega-archive-key"}
+    for path, doc in secrets:
+        assert path.name.endswith(".example.yaml")
+        for key, value in doc["stringData"].items():
+            assert "CHANGE_ME" in value, f"{doc['metadata']['name']}.{key} is not a placeholder"
+
+
+# -- every program, subcommand and option exists ---------------------------------------
+
+def named_programs(text):
+    return set(re.findall(r"(?<![\w.-])ega-[a-z][a-z-]*[a-z]", text))
+
+
+def test_every_program_named_is_a_console_script():
+    scripts = console_scripts()
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-admin",
+            "ega-cega-simulator"} <= set(scripts)
+    files = [COMPOSE_FILE, DOCKERFILE, *K8S.glob("*.yaml"), *deploy_files(".md", ".conf")]
+    named = {}
+    for path in files:
+        for program in named_programs(path.read_text()):
+            named.setdefault(program, []).append(path.name)
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-admin"} <= set(named)
+    unknown = {p: where for p, where in named.items() if p not in scripts}
+    assert not unknown, f"not console scripts in setup.py: {unknown}"
+
+
+def commands_run():
+    """Every command line the deployment runs with the lega image, and where."""
+    commands = [(f"compose {name}", s["command"]) for name, s in lega_services().items()]
+    for name, spec in pod_templates():
+        commands += [(f"k8s {name}", c["command"]) for c in spec["containers"]]
+    commands += [("Dockerfile CMD", json.loads(args))
+                 for instruction, args in dockerfile_instructions() if instruction == "CMD"]
+    return commands
+
+
+def test_every_command_run_parses(capsys):
+    """Each command line's program, subcommands and options exist: its --help (which
+    argparse answers before anything starts) lists every option it is given."""
+    scripts = console_scripts()
+    commands = commands_run()
+    assert {argv[0] for _, argv in commands} >= {"ega-ingest", "ega-verify", "ega-finalize",
+                                                 "ega-admin", "ega-cega-simulator"}
+    for where, argv in commands:
+        assert isinstance(argv, list) and argv, f"{where}: use the exec form (a list)"
+        program, *args = argv
+        assert program in scripts, f"{where}: {program} is not a console script"
+        module, function = scripts[program]
+        main = getattr(import_module(module), function)
+        path = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
+        options = [a.split("=", 1)[0] for a in args if a.startswith("--") and a != "--help"]
+        with pytest.raises(SystemExit) as exited:
+            main([*path, "--help"])
+        assert exited.value.code in (0, None), f"{where}: {argv} is refused"
+        usage = capsys.readouterr().out
+        for option in options:
+            assert option in usage, f"{where}: {' '.join(argv)}: no option {option}"
+
+
+# -- every LEGA_* variable is a setting, and they make a valid configuration ------------
+
+def variables_given():
+    """(where, variables) for every lega container of compose, k8s and the Dockerfile."""
+    given = [(f"compose {name}", environment(s)) for name, s in lega_services().items()]
+    for name, spec in pod_templates():
+        given += [(f"k8s {name}", container_environment(c)) for c in spec["containers"]]
+    for _, doc in k8s_kind("ConfigMap"):
+        given.append((f"k8s ConfigMap {doc['metadata']['name']}", doc["data"]))
+    env = {}
+    for instruction, args in dockerfile_instructions():
+        if instruction == "ENV":
+            env.update(item.split("=", 1) for item in args.split())
+    given.append(("Dockerfile ENV", env))
+    return given
+
+
+def test_every_lega_variable_is_a_setting():
+    unknown = []
+    for where, env in variables_given():
+        for variable in env:
+            if variable.startswith("LEGA_") and variable != "LEGA_CONF" and \
+                    setting_of(variable) is None:
+                unknown.append(f"{where}: {variable}")
+    assert not unknown, "no such setting (LEGA_<SECTION>_<KEY>[_FILE] of lega.config." \
+                        "DEFAULTS): " + ", ".join(unknown)
+
+
+@pytest.mark.parametrize("where", [w for w, _ in variables_given()
+                                   if w.startswith(("compose ", "k8s lega-"))])
+def test_the_environment_given_is_a_valid_configuration(where, tmp_path):
+    env = dict(variables_given())[where]
+    loaded = load_config(env, tmp_path)  # raises ConfigError naming a wrong value
+    if any(where.endswith(f" {w}") or where.endswith(f"lega-{w}") for w in WORKERS):
+        assert loaded["vault.driver"] == "s3" and loaded["vault.s3.bucket"]
+        assert loaded["worker.health_port"] == 8080
+        assert loaded["log.format"] == "json"
+        assert loaded["inbox.location"].startswith("/")
+
+
+def test_image_serves_health_on_the_port_it_exposes():
+    instructions = dockerfile_instructions()
+    env = dict(variables_given())["Dockerfile ENV"]
+    assert env["LEGA_WORKER_HEALTH_PORT"] == "8080"
+    assert ("EXPOSE", "8080") in instructions
+    healthcheck = " ".join(args for i, args in instructions if i == "HEALTHCHECK")
+    assert "python" in healthcheck and "/health" in healthcheck
+    assert "LEGA_WORKER_HEALTH_PORT" in healthcheck or "127.0.0.1:8080" in healthcheck
+
+
+# -- the Dockerfile ---------------------------------------------------------------------
+
+def test_dockerfile_pins_its_base_installs_the_pinned_requirements_and_drops_root():
+    instructions = dockerfile_instructions()
+    args = dict(i[1].split("=", 1) for i in instructions if i[0] == "ARG" and "=" in i[1])
+    bases = [a.split()[0] for i, a in instructions if i == "FROM"]
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], b) for b in bases]
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", b) for b in bases), \
+        f"base images not pinned to a python 3.11 patch release: {bases}"
+    runs = " ".join(a for i, a in instructions if i == "RUN")
+    assert "-r requirements.txt" in runs and "--no-deps ." in runs
+    for requirement in (ROOT / "requirements.txt").read_text().splitlines():
+        requirement = requirement.split("#")[0].strip()
+        assert not requirement or "==" in requirement, f"not pinned: {requirement}"
+
+    final_stage = instructions[max(n for n, (i, _) in enumerate(instructions) if i == "FROM"):]
+    users = [a.strip() for i, a in final_stage if i == "USER"]
+    assert users, "the image runs as root: no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0", ""), f"USER {users[-1]} is root"
+    # numeric, so that Kubernetes' runAsNonRoot can check it
+    assert user.isdigit() and int(user) >= 10000
+    assert ("ENTRYPOINT", "[]") in final_stage
+    assert not any(i in ("ENV", "ARG") and re.search(r"(?i)password|secret|passphrase|"
+                                                     r"_KEY\b|DSN|URL\b", a)
+                   for i, a in instructions), "a secret in the image"
+
+
+def dockerignore_patterns():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_build_context_holds_only_what_the_image_copies():
+    patterns = dockerignore_patterns()
+    assert patterns[0] == "*", ".dockerignore must exclude everything first"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    copied = set()
+    for instruction, args in dockerfile_instructions():
+        if instruction == "COPY" and "--from" not in args:
+            copied.update(a.rstrip("/") for a in args.split()[:-1] if not a.startswith("--"))
+    assert copied and copied <= allowed, f"copied but left out of the context: {copied - allowed}"
+    for never in (".venv", "data", ".git", "deploy", "deploy/secrets", "tests", "bench"):
+        assert never not in allowed
+
+
+# -- the compose stack ------------------------------------------------------------------
+
+def test_compose_workers_are_scalable():
+    all_services = services()
+    for name in (*WORKERS, "cega"):
+        service = all_services[name]
+        assert "container_name" not in service, f"{name} has a container_name: no --scale"
+        assert not service.get("ports"), f"{name} publishes a host port: no --scale"
+    for name, service in lega_services().items():
+        assert "container_name" not in service, name
+
+
+def test_compose_workers_start_after_their_services_and_the_migration():
+    all_services = services()
+    migrate = all_services["migrate"]
+    assert migrate["command"][:3] == ["ega-admin", "db", "migrate"]
+    assert migrate.get("restart") == "no"
+    assert migrate["depends_on"]["db"]["condition"] == "service_healthy"
+    for name in WORKERS:
+        service = all_services[name]
+        assert service["command"] == [f"ega-{name}"]
+        depends = service["depends_on"]
+        assert {k: v["condition"] for k, v in depends.items()} == {
+            "mq": "service_healthy", "db": "service_healthy", "s3": "service_healthy",
+            "migrate": "service_completed_successfully"}
+        # docker must wait for the worker to finish or hand back the file in hand
+        assert seconds(service["stop_grace_period"]) > STOP_GRACE_PERIOD
+    for name in ("mq", "db", "s3"):
+        assert all_services[name]["healthcheck"]["test"], name
+
+
+def test_compose_health_checks_ask_the_workers_ready_endpoint():
+    for name in WORKERS:
+        service = services()[name]
+        test = " ".join(service["healthcheck"]["test"])
+        url = re.search(r"http://[\w.]+:(\d+)(/\w+)", test)
+        assert url and url.group(2) == "/ready", test
+        assert url.group(1) == environment(service)["LEGA_WORKER_HEALTH_PORT"]
+        assert test.split()[:2] == ["CMD", "python"]  # slim image: no curl
+
+
+def test_only_verify_holds_the_archive_key():
+    for name, service in services().items():
+        mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        env = environment(service)
+        if name == "verify":
+            assert KEY_SECRETS <= mounted and "LEGA_KEYS" in env
+        else:
+            assert not KEY_SECRETS & mounted, f"{name} is given the archive key"
+            assert "LEGA_KEYS" not in env, name
+    for name, spec in pod_templates():
+        volumes = json.dumps(spec.get("volumes", []))
+        env = {k for c in spec["containers"] for k in container_environment(c)}
+        if name == "lega-verify":
+            assert "lega-archive-key" in volumes and "LEGA_KEYS" in env
+        else:
+            assert "lega-archive-key" not in volumes and "LEGA_KEYS" not in env, name
+
+
+def test_compose_secret_files_are_mounted_where_they_are_read():
+    document = compose()
+    declared = document["secrets"]
+    for name, secret in declared.items():
+        assert secret["file"].startswith("./secrets/"), name
+    for name, service in document["services"].items():
+        mounted = set()
+        for secret in service.get("secrets", []):
+            source = secret if isinstance(secret, str) else secret["source"]
+            target = None if isinstance(secret, str) else secret.get("target")
+            assert source in declared, f"{name}: secret {source} is not declared"
+            mounted.add(target if target and target.startswith("/")
+                        else f"/run/secrets/{target or source}")
+        for path in secret_files_named(environment(service)):
+            assert path in mounted, f"{name} reads {path}, which is not mounted"
+
+
+def test_compose_loads_the_shipped_definitions_where_rabbitmq_looks():
+    rabbitmq_conf = (DEPLOY / "rabbitmq.conf").read_text()
+    settings = dict(re.findall(r"^\s*([\w.]+)\s*=\s*(\S+)", rabbitmq_conf, re.M))
+    location = settings.get("load_definitions") or settings["management.load_definitions"]
+    assert int(settings["consumer_timeout"]) >= 3600 * 1000  # long files keep their message
+    mq = services()["mq"]
+    mounts = {}
+    for volume in mq["volumes"]:
+        source, target, *_ = volume.split(":")
+        mounts[source] = target
+    assert mounts["./rabbitmq.conf"].startswith("/etc/rabbitmq/")
+    definitions = mounts["./rabbitmq-definitions.json"]
+    assert definitions == location or definitions.startswith(location.rstrip("/") + "/")
+    # RabbitMQ reads every file of a definitions folder: the users come in the same way
+    users = [s["target"] for s in mq.get("secrets", []) if isinstance(s, dict)]
+    assert any(t.startswith(location.rstrip("/") + "/") for t in users), \
+        "no users for a node that imports definitions (it creates no guest user then)"
+
+
+def test_compose_ingest_reads_the_inbox_volume_read_only():
+    ingest = services()["ingest"]
+    location = environment(ingest)["LEGA_INBOX_LOCATION"]
+    inbox = [v for v in ingest["volumes"] if v.split(":")[1] == location]
+    assert inbox and inbox[0].endswith(":ro")
+    assert inbox[0].split(":")[0] in compose()["volumes"]
+
+
+# -- Kubernetes -------------------------------------------------------------------------
+
+def health_port(container):
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    return lambda port: ports.get(port, port)
+
+
+def test_k8s_workers_have_probes_limits_and_no_privileges():
+    deployments = k8s_kind("Deployment")
+    assert sorted(doc["metadata"]["name"] for _, doc in deployments) == \
+        sorted(f"lega-{w}" for w in WORKERS)
+    for path, doc in deployments:
+        spec = doc["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] > STOP_GRACE_PERIOD, path
+        for container in spec["containers"]:
+            where = f"{path.name} {container['name']}"
+            env = container_environment(container)
+            port = int(env["LEGA_WORKER_HEALTH_PORT"])
+            resolve = health_port(container)
+            for probe, endpoint in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+                get = container[probe]["httpGet"]
+                assert get["path"] == endpoint and resolve(get["port"]) == port, where
+            limits = container["resources"]["limits"]
+            assert limits.get("cpu") and limits.get("memory"), where
+            assert container["resources"]["requests"], where
+            context = container["securityContext"]
+            assert context.get("runAsNonRoot", spec["securityContext"].get("runAsNonRoot"))
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+
+
+def test_k8s_pods_run_as_non_root():
+    for name, spec in pod_templates():
+        pod = spec.get("securityContext", {})
+        for container in spec["containers"]:
+            context = container.get("securityContext", {})
+            assert context.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, name
+            assert context.get("runAsUser", pod.get("runAsUser", 1)) != 0, name
+
+
+def test_k8s_secret_files_are_mounted_where_they_are_read():
+    keys_of = {doc["metadata"]["name"]: set(doc["stringData"]) for _, doc in k8s_kind("Secret")}
+
+    def keys(secret):
+        if secret.get("items"):
+            return {item["path"] for item in secret["items"]}
+        return keys_of[secret.get("secretName") or secret["name"]]
+
+    for name, spec in pod_templates():
+        volumes = {}
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                volumes[volume["name"]] = keys(volume["secret"])
+            elif "projected" in volume:
+                volumes[volume["name"]] = set().union(
+                    *(keys(s["secret"]) for s in volume["projected"]["sources"]))
+        for container in spec["containers"]:
+            mounted = {f"{m['mountPath'].rstrip('/')}/{key}"
+                       for m in container.get("volumeMounts", []) if m["name"] in volumes
+                       for key in volumes[m["name"]]}
+            for path in secret_files_named(container_environment(container)):
+                assert path in mounted, f"{name} reads {path}, which is not mounted"
+
+
+def test_k8s_migration_job_and_ingest_inbox():
+    (_, job), = k8s_kind("Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:3] == ["ega-admin", "db", "migrate"]
+    ingest = next(doc for _, doc in k8s_kind("Deployment")
+                  if doc["metadata"]["name"] == "lega-ingest")
+    (container,) = ingest["spec"]["template"]["spec"]["containers"]
+    location = container_environment(container)["LEGA_INBOX_LOCATION"]
+    assert any(m["mountPath"] == location and m.get("readOnly")
+               for m in container["volumeMounts"])
+
+
+# -- secrets stay out of git ------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
+                    reason="not a git checkout")
+def test_compose_secret_files_are_ignored_by_git():
+    for secret in compose()["secrets"].values():
+        target = (DEPLOY / secret["file"]).resolve().relative_to(ROOT)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=ROOT,
+                                 env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        assert ignored.returncode == 0, f"{target} would not be ignored by git"
+    readme = subprocess.run(["git", "check-ignore", "-q", "deploy/secrets/README.md"],
+                            cwd=ROOT)
+    assert readme.returncode == 1, "deploy/secrets/README.md must stay in git"
