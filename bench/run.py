@@ -35,15 +35,21 @@ def timed(command, env=None):
     return time.monotonic() - start
 
 
+def upload_file(stack, keys, size_mib):
+    """A plaintext of ``size_mib`` and its Crypt4GH file in user bench's inbox."""
+    plain = stack.work / "plain.bin"
+    upload = stack.inbox_dir / "bench" / "file.c4gh"
+    upload.parent.mkdir(parents=True)
+    make_plaintext(plain, size_mib * MIB)
+    encrypt_file(plain, upload, keys)
+    return plain, upload
+
+
 def one_file(work, keys, size_mib):
     """Ingest and verify one file, with the baselines on the same files."""
     stack = BenchStack(work / f"one-{size_mib}", keys)
     try:
-        plain = stack.work / "plain.bin"
-        upload = stack.inbox_dir / "bench" / "file.c4gh"
-        upload.parent.mkdir(parents=True)
-        make_plaintext(plain, size_mib * MIB)
-        encrypt_file(plain, upload, keys)
+        plain, upload = upload_file(stack, keys, size_mib)
         size = upload.stat().st_size
         subprocess.run(["sync"], check=True)
         start = time.time()
@@ -73,13 +79,9 @@ def one_file(work, keys, size_mib):
 def big_file_rss(work, keys, size_mib):
     stack = BenchStack(work / f"big-{size_mib}", keys)
     try:
-        plain = stack.work / "plain.bin"
-        upload = stack.inbox_dir / "bench" / "big.c4gh"
-        upload.parent.mkdir(parents=True)
-        make_plaintext(plain, size_mib * MIB)
-        encrypt_file(plain, upload, keys)
+        plain, _ = upload_file(stack, keys, size_mib)
         plain.unlink()
-        stack.trigger(("bench", "big.c4gh"))
+        stack.trigger(("bench", "file.c4gh"))
         stack.wait(["bench"], "ready")
         return stack.peak_rss_mib()
     finally:

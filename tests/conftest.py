@@ -626,6 +626,21 @@ def assert_good_file_completes(stack):
     ingest_ok(stack, "next.c4gh", 70_000)
 
 
+def archive_then_damage(stack, user, filepath, damage):
+    """Ingest with verify stopped, ``damage(archive_path)`` the vault object, then let
+    verify look at it; returns the archived file's report."""
+    verify = stack.processes["verify"]
+    verify.terminate()
+    assert verify.wait(timeout=15) == 0
+    try:
+        stack.trigger(user, filepath)
+        archived = stack.wait_status(user, filepath, "archived")
+        damage(archived["archive_path"])
+    finally:
+        stack.start_worker("verify")
+    return archived
+
+
 def assert_user_error(stack, user, filepath, code, vault_before, processing=True):
     """One files.error with the code, the error status with the same reason, nothing in
     the vault, and the pipeline still works."""

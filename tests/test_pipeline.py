@@ -8,9 +8,8 @@ import subprocess
 
 import pytest
 
-from lega.cega_simulator import new_accession_id
 
-from conftest import BIN, assert_ready, ingest_ok, plaintext_checksums, posix_only
+from conftest import BIN, assert_ready, ingest_ok, posix_only
 
 
 @pytest.mark.parametrize("size", [1_000, 0, 65_536, 200_000], ids=["small", "empty",
@@ -133,17 +132,6 @@ def test_cancel_of_unknown_file_is_a_no_op(stack):
     stack.cega.wait(user, "never.c4gh", "files.error")
     assert [rk for rk, _, _ in stack.cega.messages(user)] == ["files.error"]
     assert stack.count_files() == before + 1  # only the failed ingest's row
-
-
-def test_accession_before_verification_waits(stack):
-    """Central EGA's accession arrives first: it waits with back-off, then completes."""
-    user = stack.new_user()
-    stack.cega.silent_users.add(user)
-    plaintext = os.urandom(30_000)
-    uploaded = stack.upload(user, "early.c4gh", plaintext)
-    stack.accession(user, "early.c4gh", new_accession_id(), plaintext_checksums(plaintext))
-    stack.trigger(user, "early.c4gh")
-    assert_ready(stack, user, "early.c4gh", plaintext, uploaded)
 
 
 def test_simulator_program_sends_triggers(stack):

@@ -10,8 +10,8 @@ import pytest
 
 from lega.cega_simulator import new_accession_id
 
-from conftest import (BIN, BROKER_URL, MAX_ATTEMPTS, assert_good_file_completes, assert_ready,
-                      ingest_ok, plaintext_checksums)
+from conftest import (BIN, BROKER_URL, MAX_ATTEMPTS, archive_then_damage,
+                      assert_good_file_completes, assert_ready, ingest_ok, plaintext_checksums)
 
 
 def test_large_file_streams_through(stack):
@@ -226,15 +226,8 @@ def test_parked_message_is_listed_and_sent_back(stack):
     user = stack.new_user()
     plaintext = os.urandom(50_000)
     uploaded = stack.upload(user, "parked.c4gh", plaintext)
-    verify = stack.processes["verify"]
-    verify.terminate()
-    assert verify.wait(timeout=15) == 0
-    try:
-        stack.trigger(user, "parked.c4gh")
-        archived = stack.wait_status(user, "parked.c4gh", "archived")
-        stack.vault.flip_byte(archived["archive_path"], 1000)
-    finally:
-        stack.start_worker("verify")
+    archived = archive_then_damage(stack, user, "parked.c4gh",
+                                   lambda path: stack.vault.flip_byte(path, 1000))
     parked = stack.wait_status(user, "parked.c4gh", "error", timeout=60)
     assert parked["error_code"] == "internal_error"
     assert_good_file_completes(stack)  # the worker went on

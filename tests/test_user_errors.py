@@ -14,7 +14,8 @@ import pytest
 
 from lega.cega_simulator import new_accession_id
 
-from conftest import (assert_good_file_completes, assert_ready, assert_user_error,
+from conftest import (archive_then_damage, assert_good_file_completes, assert_ready,
+                      assert_user_error,
                       encrypt_with_edit_list, fega_validate, plaintext_checksums, posix_only)
 
 
@@ -213,19 +214,9 @@ def test_vault_object_damaged_is_not_the_submitters_fault(stack, damage):
     user = stack.new_user()
     stack.cega.silent_users.add(user)
     stack.upload(user, "ours.c4gh", os.urandom(40_000))
-    # stop verify so that we can damage the object before it looks
-    verify = stack.processes["verify"]
-    verify.terminate()
-    assert verify.wait(timeout=15) == 0
-    try:
-        stack.trigger(user, "ours.c4gh")
-        archived = stack.wait_status(user, "ours.c4gh", "archived")
-        if damage == "altered":
-            stack.vault.flip_byte(archived["archive_path"], 100)
-        else:
-            stack.vault.delete(archived["archive_path"])
-    finally:
-        stack.start_worker("verify")
+    archive_then_damage(stack, user, "ours.c4gh",
+                        (lambda path: stack.vault.flip_byte(path, 100)) if damage == "altered"
+                        else stack.vault.delete)
     report = stack.wait_status(user, "ours.c4gh", "error", timeout=60)
     assert report["error_code"] == "internal_error"
     assert ("sha256" if damage == "altered" else "missing") in report["error"]
