@@ -15,6 +15,7 @@ the body segment by segment (``BodyDecryptor``).
 """
 
 import hashlib
+import os
 import struct
 
 import crypt4gh.keys
@@ -120,10 +121,11 @@ def _open_packet(packet, private_keys):
     return None
 
 
-def session_keys(header, private_keys):
+def session_keys(header, private_keys, retired_keys=()):
     """Decrypt the header with any of our private keys; the body's session keys.
 
-    Files with an edit list are refused: the archive keeps whole files only.
+    Files with an edit list are refused: the archive keeps whole files only; so are
+    files that only a retired key opens.
     """
     keys = []
     for packet in header_packets(header):
@@ -142,6 +144,9 @@ def session_keys(header, private_keys):
         if method != 0:
             raise UserError(CORRUPT, f"The data encryption method {method} is not supported.")
         keys.append(plain[8:40])
+    if not keys and retired_keys and opening_key(header, retired_keys) is not None:
+        raise UserError(WRONG_KEY, "The file is encrypted for a key this archive has retired; "
+                                   "encrypt it for the archive's current public key.")
     if not keys:
         raise UserError(WRONG_KEY, "The file is not encrypted for this archive: none of its "
                                    "header packets opens with the archive's key; encrypt it "
@@ -164,6 +169,14 @@ def load_private_keys(key_settings):
     keys = []
     for i, setting in enumerate(key_settings):
         path = setting["path"]
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            raise ConfigError(f"keys[{i}].path: cannot read {path}: {e.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(f"keys[{i}].path: {path} can be read by other users (mode "
+                              f"{mode & 0o777:o}); make it readable by verify's user only: "
+                              f"chmod 600 {path}")
         passphrase = setting.get("passphrase")
         if passphrase is None and setting.get("passphrase_file"):
             try:

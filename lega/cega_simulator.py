@@ -74,8 +74,8 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
         try:
             channel.cancel()
             connection.close()
-        except Exception:  # the connection is gone already
-            pass
+        except Exception as e:  # the connection is gone already
+            LOG.debug("closing: %r", e)
 
 
 def send(url, queue, body):

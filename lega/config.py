@@ -78,7 +78,7 @@ DEFAULTS = {
         "stop_grace_period": 300,
         # port of /health, /ready and /metrics (0: not served); address to listen on
         "health_port": 0,
-        "health_address": "0.0.0.0",
+        "health_address": "127.0.0.1",  # 0.0.0.0 in a container, for the probes
     },
     "log": {
         "level": "INFO",
@@ -91,6 +91,7 @@ DEFAULTS = {
 SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key",
            "inbox.s3.access_key", "inbox.s3.secret_key"}
 CONNECTION_STRINGS = {"broker.url", "db.dsn"}  # shown with only the password hidden
+HIDDEN = "***"
 
 LIST_SETTINGS = {"keys", "retry.delays"}
 
@@ -185,10 +186,10 @@ class Config:
             for path in SECRETS:
                 current = Config(values, self.source)[path]
                 _set(values, path, redact(current) if path in CONNECTION_STRINGS
-                     else ("***" if current else ""))
+                     else (HIDDEN if current else ""))
             for key in values.get("keys", []):
                 if key.get("passphrase"):
-                    key["passphrase"] = "***"
+                    key["passphrase"] = HIDDEN
         return values
 
 
@@ -295,9 +296,11 @@ def _check(config):
     for i, key in enumerate(keys):
         if not isinstance(key, dict) or not key.get("path"):
             raise ConfigError(f"keys[{i}].path: missing (each key needs a path)")
-        unknown = set(key) - {"path", "passphrase", "passphrase_file"}
+        unknown = set(key) - {"path", "passphrase", "passphrase_file", "retired"}
         if unknown:
             raise ConfigError(f"keys[{i}].{sorted(unknown)[0]}: unknown setting")
+        if not isinstance(key.get("retired", False), bool):
+            raise ConfigError(f"keys[{i}].retired: expected true or false")
     if config["log.format"] not in ("text", "json"):
         raise ConfigError(f"log.format: must be text or json, got {config['log.format']!r}")
     if config["log.level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
-from psycopg2 import errors as pg_errors
+from psycopg2 import errors as pg_errors, sql
 
 LOG = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ class Database:
 
     def _move(self, cur, file_id, expected, status, ctx, sets="", args=(), code=None, reason=None):
         """Compare-and-set the status; False if the file was not in ``expected``."""
-        cur.execute(f"""UPDATE files SET status = %s, updated_at = now() {sets}
-                        WHERE id = %s AND status = ANY(%s)""",
+        cur.execute(sql.SQL("""UPDATE files SET status = %s, updated_at = now() {}
+                                WHERE id = %s AND status = ANY(%s)""").format(sql.SQL(sets)),
                     (status, *args, file_id, list(expected)))
         if cur.rowcount != 1:
             return False

@@ -18,6 +18,7 @@ CHECKSUM_MISMATCH = "checksum_mismatch"
 BAD_MESSAGE = "bad_message"
 DUPLICATE_ACCESSION = "duplicate_accession"
 NOT_INGESTED = "not_ingested"
+FILE_CHANGED = "file_changed"
 
 
 class UserError(Exception):

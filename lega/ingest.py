@@ -61,6 +61,7 @@ def ingest(worker, ctx, trigger):
                 body.feed(chunk)
                 vault_object.write(chunk)
                 progress.add(len(chunk))
+            upload.stream.check_unchanged()  # what we read is the whole upload, as it was
             uploaded = {k: v for checksummer in whole for k, v in checksummer.result().items()}
             check_encrypted_checksums(given, uploaded)
             vault_object.commit()

@@ -60,14 +60,30 @@ def object_size(s3, bucket, key):
         raise
 
 
+class ObjectChanged(Exception):
+    """A pinned object was replaced while being read."""
+
+
 class ObjectReader(io.RawIOBase):
     """An S3 object as a read-only stream: ranged GETs of ``window`` bytes, each read
     from the socket as the caller reads, so nothing is buffered whole."""
 
-    def __init__(self, s3, bucket, key, size=None, window=READ_WINDOW):
+    def __init__(self, s3, bucket, key, size=None, window=READ_WINDOW, pinned=False):
+        """With ``pinned``, every range must come from the object as it was when opened
+        (its ETag), else ``ObjectChanged`` is raised."""
         super().__init__()
         self.s3, self.bucket, self.key, self.window = s3, bucket, key, window
-        self.size = object_size(s3, bucket, key) if size is None else size
+        self.etag = None
+        if size is None or pinned:
+            try:
+                head = s3.head_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as e:
+                if is_missing(e):
+                    raise FileNotFoundError(f"s3://{bucket}/{key}") from None
+                raise
+            size = head["ContentLength"]
+            self.etag = head.get("ETag") if pinned else None
+        self.size = size
         self.position = 0
         self._body = None
         self._left_in_body = 0
@@ -77,12 +93,15 @@ class ObjectReader(io.RawIOBase):
 
     def _next_range(self):
         end = min(self.position + self.window, self.size) - 1
+        extra = {"IfMatch": self.etag} if self.etag else {}
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=self.key,
-                                          Range=f"bytes={self.position}-{end}")
+                                          Range=f"bytes={self.position}-{end}", **extra)
         except botocore.exceptions.ClientError as e:
             if is_missing(e):
                 raise FileNotFoundError(f"s3://{self.bucket}/{self.key}") from None
+            if str(e.response.get("Error", {}).get("Code")) in ("PreconditionFailed", "412"):
+                raise ObjectChanged(f"s3://{self.bucket}/{self.key}") from None
             raise
         self._body = response["Body"]
         self._left_in_body = end - self.position + 1

@@ -15,6 +15,7 @@ from . import broker, messages
 from .c4gh import BodyDecryptor, load_private_keys, session_keys
 from .checksums import Checksummer
 from .logs import Progress
+from .config import ConfigError
 from .errors import IntegrityError, UserError
 from .worker import main as worker_main
 
@@ -39,7 +40,7 @@ def handle(worker, ctx, message):
         return
 
     ctx.bytes = file["archive_size"]
-    keys = session_keys(bytes(file["header"]), worker.keys)
+    keys = session_keys(bytes(file["header"]), worker.keys, worker.retired_keys)
     size, decrypted = decrypt_and_check(worker, file, keys)
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
              decrypted["sha256"])
@@ -118,7 +119,13 @@ def request_accession(ctx, file, decrypted):
 
 
 def prepare(worker):
-    worker.keys = load_private_keys(worker.config["keys"])
+    """The archive's keys; a retired one only tells a file encrypted for it apart."""
+    settings = worker.config["keys"]
+    keys = load_private_keys(settings)
+    worker.keys = [k for k, s in zip(keys, settings, strict=True) if not s.get("retired")]
+    worker.retired_keys = [k for k, s in zip(keys, settings, strict=True) if s.get("retired")]
+    if not worker.keys:
+        raise ConfigError("keys: every key is retired; verify needs a current one")
 
 
 def main(argv=None):

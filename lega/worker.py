@@ -184,8 +184,8 @@ class Worker:
         try:
             if self.connection is not None and self.connection.is_open:
                 self.connection.close()
-        except Exception:  # already broken: nothing to close cleanly
-            pass
+        except Exception as e:  # already broken: nothing to close cleanly
+            LOG.debug("closing a broken connection: %r", e)
         self.connection = self.channel = None
         self._delivery = None
 
@@ -217,8 +217,8 @@ class Worker:
                 done.set()
                 try:
                     self.connection.add_callback_threadsafe(lambda: None)  # wake the loop
-                except Exception:
-                    pass
+                except Exception as e:  # the connection went away: the loop sees it too
+                    LOG.debug("could not wake the connection's loop: %r", e)
 
         started = time.monotonic()
         health.IN_FLIGHT.labels(self.name).inc()

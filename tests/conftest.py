@@ -68,6 +68,7 @@ def keys(tmp_path_factory):
         "archive": KeyPair(folder, "archive", "archive passphrase"),
         "old": KeyPair(folder, "old", "old passphrase"),        # still configured: rotation
         "other": KeyPair(folder, "other", "other passphrase"),  # another archive's key
+        "retired": KeyPair(folder, "retired", "retired passphrase"),  # ours, no longer used
         "submitter": KeyPair(folder, "submitter", ""),
         "folder": folder,
     }
@@ -284,6 +285,13 @@ class Stack:
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()
             time.sleep(0.05)
 
+    def wait_log(self, tag, text, timeout=30):
+        """Until the worker's log says ``text``."""
+        deadline = time.monotonic() + timeout
+        while text not in (self.root / f"{tag}.log").read_text():
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.005)
+
     def logs(self):
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
                          for p in sorted(self.root.glob("*.log")))
@@ -422,6 +430,8 @@ def stack(request, tmp_path_factory, keys):
             {"path": str(keys["old"].sec), "passphrase": keys["old"].passphrase},
             {"path": str(keys["archive"].sec),
              "passphrase_file": str(keys["folder"] / "archive.pass")},
+            {"path": str(keys["retired"].sec), "passphrase": keys["retired"].passphrase,
+             "retired": True},
         ],
         "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
         "log": {"level": "DEBUG"},

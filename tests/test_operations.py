@@ -199,6 +199,7 @@ def test_admin_shows_which_key_a_file_is_for(stack):
 def test_no_secret_in_worker_logs(stack):
     """The passphrases and passwords of the test configuration never reach a log."""
     logs = "\n".join(p.read_text() for p in stack.root.glob("*.log"))
-    for secret in ("old passphrase", "archive passphrase", "guest:guest", "lega:lega",
+    for secret in ("old passphrase", "archive passphrase", "retired passphrase", "guest:guest",
+                   "lega:lega",
                    os.environ.get("LEGA_TEST_S3_SECRET_KEY", "lega-test-secret")):
         assert secret not in logs

@@ -58,6 +58,22 @@ def test_verify_refuses_a_key_it_cannot_open(tmp_path, keys):
     assert out.returncode == 2 and "keys[0].path: cannot read" in out.stderr
 
 
+def test_verify_refuses_a_key_others_can_read(tmp_path, keys):
+    import shutil
+    key = tmp_path / "open.sec"
+    shutil.copy(keys["archive"].sec, key)
+    key.chmod(0o644)
+    config = {"vault": {"location": str(tmp_path / "vault")},
+              "keys": [{"path": str(key), "passphrase": keys["archive"].passphrase}]}
+    out = run("ega-verify", config=config, tmp_path=tmp_path)
+    assert out.returncode == 2
+    assert "keys[0].path" in out.stderr and "read by other users" in out.stderr
+    key.chmod(0o600)
+    config["keys"][0]["retired"] = True  # a retired key only is no key to work with
+    out = run("ega-verify", config=config, tmp_path=tmp_path)
+    assert out.returncode == 2 and "every key is retired" in out.stderr
+
+
 def test_s3_vault_needs_its_settings(tmp_path):
     out = run("ega-ingest", env={"LEGA_VAULT_DRIVER": "s3"})
     assert out.returncode == 2 and "vault.s3.bucket: missing" in out.stderr

@@ -96,20 +96,13 @@ def test_ingest_killed_mid_upload_restarts_clean(stack):
                                                          "ready"]
 
 
-def _wait_log(stack, tag, text, timeout=30):
-    deadline = time.monotonic() + timeout
-    while text not in (stack.root / f"{tag}.log").read_text():
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(0.005)
-
-
 def test_verify_killed_mid_file_restarts_clean(stack):
     user = stack.new_user()
     plaintext = os.urandom(96 * 1024 * 1024)
     uploaded = stack.upload(user, "verify-killed.c4gh", plaintext)
     before = set(stack.vault_files())
     stack.trigger(user, "verify-killed.c4gh")
-    _wait_log(stack, "verify", f"{user}:verify-killed.c4gh] received", timeout=60)
+    stack.wait_log("verify", f"{user}:verify-killed.c4gh] received", timeout=60)
     stack.processes["verify"].kill()
     stack.processes["verify"].wait()
     assert stack.report(user, "verify-killed.c4gh")["status"] == "archived"
@@ -124,7 +117,7 @@ def test_sigterm_mid_file_finishes_it(stack):
     uploaded = stack.upload(user, "term.c4gh", plaintext)
     ingest = stack.processes["ingest"]
     stack.trigger(user, "term.c4gh")
-    _wait_log(stack, "ingest", f"{user}:term.c4gh] found in the inbox")
+    stack.wait_log("ingest", f"{user}:term.c4gh] found in the inbox")
     ingest.terminate()
     assert ingest.wait(timeout=60) == 0
     log = (stack.root / "ingest.log").read_text()
@@ -147,7 +140,7 @@ def test_sigterm_past_the_grace_period_hands_the_file_back(stack):
                                env={"LEGA_WORKER_STOP_GRACE_PERIOD": "0"})
     stack.wait_consuming("ingest-hasty")
     stack.trigger(user, "handed.c4gh")
-    _wait_log(stack, "ingest-hasty", f"{user}:handed.c4gh] found in the inbox")
+    stack.wait_log("ingest-hasty", f"{user}:handed.c4gh] found in the inbox")
     hasty.terminate()
     assert hasty.wait(timeout=30) == 0
     log = (stack.root / "ingest-hasty.log").read_text()
@@ -165,10 +158,10 @@ def test_database_away_during_an_ingest(stack):
     plaintext = os.urandom(32 * 1024 * 1024)
     uploaded = stack.upload(user, "db.c4gh", plaintext)
     stack.trigger(user, "db.c4gh")
-    _wait_log(stack, "ingest", f"{user}:db.c4gh] found in the inbox")
+    stack.wait_log("ingest", f"{user}:db.c4gh] found in the inbox")
     stack.db_proxy.down()
     try:
-        _wait_log(stack, "ingest", f"{user}:db.c4gh] failed")
+        stack.wait_log("ingest", f"{user}:db.c4gh] failed")
         time.sleep(1)
     finally:
         stack.db_proxy.up()
@@ -188,7 +181,7 @@ def test_broker_restarted_while_files_are_in_flight(stack):
                       stack.upload(user, f"flight-{i}.c4gh", plaintext)))
     for user, filepath, _, _ in files:
         stack.trigger(user, filepath)
-    _wait_log(stack, "ingest", f"{files[0][0]}:flight-0.c4gh] found in the inbox")
+    stack.wait_log("ingest", f"{files[0][0]}:flight-0.c4gh] found in the inbox")
     subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True)
     time.sleep(2)
     subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)

@@ -45,6 +45,15 @@ def test_encrypted_for_another_archive(stack):
     assert_user_error(stack, user, "theirs.c4gh", "wrong_key", before)
 
 
+def test_encrypted_for_a_retired_key(stack):
+    user = stack.new_user()
+    stack.upload(user, "retired.c4gh", os.urandom(5_000), recipients=("retired",))
+    before = stack.vault_files()
+    stack.trigger(user, "retired.c4gh")
+    _, error = assert_user_error(stack, user, "retired.c4gh", "wrong_key", before)
+    assert "retired" in error["reason"]
+
+
 def test_flipped_byte_in_a_segment(stack):
     user = stack.new_user()
     plaintext = os.urandom(150_000)
@@ -223,3 +232,16 @@ def test_vault_object_damaged_is_not_the_submitters_fault(stack, damage):
     routing_keys = [rk for rk, _, _ in stack.cega.messages(user)]
     assert routing_keys == ["files.processing"]
     assert_good_file_completes(stack)
+
+
+def test_file_changing_while_ingested(stack):
+    """The submitter is still uploading (or replaces the file) while we ingest it: a
+    user error, and nothing is archived."""
+    user = stack.new_user()
+    uploaded = stack.upload(user, "growing.c4gh", os.urandom(160 * 1024 * 1024))
+    before = stack.vault_files()
+    stack.trigger(user, "growing.c4gh")
+    stack.wait_log("ingest", f"{user}:growing.c4gh] found in the inbox")
+    stack.put(user, "growing.c4gh", uploaded + b"and a bit more")
+    _, error = assert_user_error(stack, user, "growing.c4gh", "file_changed", before)
+    assert "changed while it was being ingested" in error["reason"]

@@ -41,9 +41,47 @@ def expect(code, inbox_root, user, filepath):
 def test_open_a_file(inbox):
     stream, size = PosixInbox(inbox).open("alice", "file.c4gh")
     with stream:
-        assert "b" in stream.mode
         assert stream.read() == b"alice's file"
+        stream.check_unchanged()
     assert size == len(b"alice's file")
+
+
+def test_a_file_that_grows_while_read_is_noticed(inbox):
+    stream, size = PosixInbox(inbox).open("alice", "file.c4gh")
+    with stream:
+        stream.read()
+        with open(inbox / "alice" / "file.c4gh", "ab") as f:
+            f.write(b" and more")
+        with pytest.raises(UserError) as info:
+            stream.check_unchanged()
+    assert info.value.code == "file_changed"
+
+
+def test_a_file_replaced_while_read_is_noticed(inbox):
+    stream, _ = PosixInbox(inbox).open("alice", "file.c4gh")
+    with stream:
+        assert stream.read(5) == b"alice"
+        with pytest.raises(UserError) as info:
+            stream.check_unchanged()  # not read to the end
+    assert info.value.code == "file_changed"
+
+
+def test_links_are_resolved_inside_the_inbox_only(inbox):
+    home = inbox / "alice"
+    (home / "a" / "b").mkdir(parents=True)
+    (home / "a" / "b" / "data.c4gh").write_bytes(b"data")
+    os.symlink("../a/b", home / "sub" / "up")              # relative, stays inside
+    os.symlink(str(home / "a"), home / "absolute-in")       # absolute, into the inbox
+    os.symlink("a/b/../../a/b/data.c4gh", home / "winding")
+    os.symlink("../../bob", home / "escape")                # relative, leaves
+    os.symlink("loop", home / "loop")
+    assert read(inbox, "alice", "sub/up/data.c4gh") == (b"data", 4)
+    assert read(inbox, "alice", "absolute-in/b/data.c4gh") == (b"data", 4)
+    assert read(inbox, "alice", "winding") == (b"data", 4)
+    for path in ("escape/x.c4gh", "loop"):
+        with pytest.raises(UserError) as info:
+            PosixInbox(inbox).open("alice", path)
+        assert info.value.code == "bad_path", path
 
 
 def test_open_a_file_in_a_subfolder(inbox):
