@@ -224,3 +224,27 @@ def test_impossible_path_is_the_submitters_error(inbox, filepath):
     with pytest.raises(UserError) as info:
         PosixInbox(inbox).open("alice", filepath)
     assert info.value.code in (NOT_FOUND, BAD_PATH)
+
+
+def test_folder_swapped_for_a_link_mid_walk_opens_nothing_outside(inbox, tmp_path,
+                                                                   monkeypatch):
+    """The attacker replaces a folder on the path by a link to the outside just as we
+    reach it: the walk sees the link, and refuses it."""
+    outside = tmp_path / "outside"
+    (outside / "deeper").mkdir(parents=True)
+    (outside / "deeper" / "nested.c4gh").write_bytes(b"secret of another")
+    real_open = os.open
+    swapped = []
+
+    def open_and_swap(path, flags, *args, **kwargs):
+        if path == "sub" and not swapped:  # the moment between two components
+            home = inbox / "alice"
+            os.rename(home / "sub", home / "sub.moved")
+            os.symlink(outside, home / "sub")
+            swapped.append(True)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_and_swap)
+    with pytest.raises(UserError) as info:
+        PosixInbox(inbox).open("alice", "sub/deeper/nested.c4gh")
+    assert swapped and info.value.code == BAD_PATH
