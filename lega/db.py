@@ -220,10 +220,6 @@ class Database:
         except pg_errors.UniqueViolation:
             raise DuplicateAccession(accession_id) from None
 
-    def accession_owner(self, accession_id):
-        row = self._read_one("SELECT id FROM files WHERE accession_id = %s", (accession_id,))
-        return row and row["id"]
-
     def set_error(self, file_id, ctx, code, reason, expected=ACTIVE):
         with self.transaction() as cur:
             return self._move(cur, file_id, expected, "error", ctx,

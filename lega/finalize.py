@@ -40,12 +40,9 @@ def handle(worker, ctx, accession):
 
     decrypted = worker.db.checksums(file["id"], "decrypted")
     check_decrypted_checksums(accession, decrypted)
-    owner = worker.db.accession_owner(accession_id)
-    if owner is not None and str(owner) != str(file["id"]):
-        raise duplicate(accession_id)
     try:
         moved = worker.db.set_ready(file["id"], ctx, accession_id)
-    except DuplicateAccession:  # another file took it meanwhile
+    except DuplicateAccession:  # the unique index: another file has it
         raise duplicate(accession_id) from None
     if not moved:
         LOG.info("the file changed status meanwhile (cancelled?): not completed")
