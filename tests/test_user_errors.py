@@ -15,7 +15,7 @@ import pytest
 from lega.cega_simulator import new_accession_id
 
 from conftest import (archive_then_damage, assert_good_file_completes, assert_ready,
-                      assert_user_error,
+                      assert_user_error, encrypt,
                       encrypt_with_edit_list, fega_validate, plaintext_checksums, posix_only)
 
 
@@ -28,60 +28,39 @@ def test_missing_file(stack):
     assert "not found" in error["reason"]
 
 
-def test_not_crypt4gh(stack):
+def flipped(data, at):
+    data = bytearray(data)
+    data[at] ^= 0x01
+    return bytes(data)
+
+
+# what a submitter can upload wrong: (what is uploaded, the code, part of the reason)
+BAD_UPLOADS = {
+    "not-crypt4gh": (lambda keys: b"ACGT" * 10_000, "not_crypt4gh", "Crypt4GH"),
+    "for-another-archive": (lambda keys: encrypt(os.urandom(5_000), keys, ("other",)),
+                            "wrong_key", "not encrypted for this archive"),
+    "for-a-retired-key": (lambda keys: encrypt(os.urandom(5_000), keys, ("retired",)),
+                          "wrong_key", "retired"),
+    "flipped-byte-in-segment-2": (lambda keys: flipped(encrypt(os.urandom(150_000), keys),
+                                                       -70_000), "corrupt", "Segment 2"),
+    "truncated-mid-segment": (lambda keys: encrypt(os.urandom(150_000), keys)[:-30_000],
+                              "corrupt", "Segment 2"),
+    "truncated-in-the-header": (lambda keys: encrypt(os.urandom(1_000), keys)[:60],
+                                "corrupt", "truncated"),
+    "edit-list": (lambda keys: encrypt_with_edit_list(os.urandom(5_000), keys, [10, 100]),
+                  "edit_list", "edit list"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_bad_upload(stack, case):
+    make, code, reason = BAD_UPLOADS[case]
     user = stack.new_user()
-    stack.put(user, "plain.txt", b"ACGT" * 10_000)
+    stack.put(user, f"{case}.c4gh", make(stack.keys))
     before = stack.vault_files()
-    stack.trigger(user, "plain.txt")
-    _, error = assert_user_error(stack, user, "plain.txt", "not_crypt4gh", before)
-    assert "Crypt4GH" in error["reason"]
-
-
-def test_encrypted_for_another_archive(stack):
-    user = stack.new_user()
-    stack.upload(user, "theirs.c4gh", os.urandom(5_000), recipients=("other",))
-    before = stack.vault_files()
-    stack.trigger(user, "theirs.c4gh")
-    assert_user_error(stack, user, "theirs.c4gh", "wrong_key", before)
-
-
-def test_encrypted_for_a_retired_key(stack):
-    user = stack.new_user()
-    stack.upload(user, "retired.c4gh", os.urandom(5_000), recipients=("retired",))
-    before = stack.vault_files()
-    stack.trigger(user, "retired.c4gh")
-    _, error = assert_user_error(stack, user, "retired.c4gh", "wrong_key", before)
-    assert "retired" in error["reason"]
-
-
-def test_flipped_byte_in_a_segment(stack):
-    user = stack.new_user()
-    plaintext = os.urandom(150_000)
-    uploaded = bytearray(stack.upload(user, "flipped.c4gh", plaintext))
-    uploaded[-70_000] ^= 0x01  # in the second segment
-    stack.put(user, "flipped.c4gh", bytes(uploaded))
-    before = stack.vault_files()
-    stack.trigger(user, "flipped.c4gh")
-    _, error = assert_user_error(stack, user, "flipped.c4gh", "corrupt", before)
-    assert "Segment 2" in error["reason"]
-
-
-def test_truncated_mid_segment(stack):
-    user = stack.new_user()
-    uploaded = stack.upload(user, "cut.c4gh", os.urandom(150_000))
-    stack.put(user, "cut.c4gh", uploaded[:-30_000])
-    before = stack.vault_files()
-    stack.trigger(user, "cut.c4gh")
-    assert_user_error(stack, user, "cut.c4gh", "corrupt", before)
-
-
-def test_truncated_in_the_header(stack):
-    user = stack.new_user()
-    uploaded = stack.upload(user, "stub.c4gh", os.urandom(1_000))
-    stack.put(user, "stub.c4gh", uploaded[:60])
-    before = stack.vault_files()
-    stack.trigger(user, "stub.c4gh")
-    assert_user_error(stack, user, "stub.c4gh", "corrupt", before)
+    stack.trigger(user, f"{case}.c4gh")
+    _, error = assert_user_error(stack, user, f"{case}.c4gh", code, before)
+    assert reason in error["reason"]
 
 
 def test_wrong_encrypted_checksums(stack):
@@ -123,15 +102,6 @@ def test_symlink_leaving_the_inbox(stack):
     before = stack.vault_files()
     stack.trigger(user, "link.c4gh")
     assert_user_error(stack, user, "link.c4gh", "bad_path", before, processing=False)
-
-
-def test_edit_list(stack):
-    user = stack.new_user()
-    stack.put(user, "edited.c4gh", encrypt_with_edit_list(os.urandom(5_000), stack.keys,
-                                                          [10, 100]))
-    before = stack.vault_files()
-    stack.trigger(user, "edited.c4gh")
-    assert_user_error(stack, user, "edited.c4gh", "edit_list", before)
 
 
 def _bad_message(stack, queue, raw, marker):
