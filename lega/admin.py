@@ -101,11 +101,12 @@ def one_file_command(args, config, db):
         print(f"no file {args.filepath!r} for user {args.user!r}", file=sys.stderr)
         return 1
     if args.command == "key":
-        if file["header"] is None:
+        header = db.header(file["id"])
+        if header is None:
             print(f"the file is {file['status']}: its header is not stored", file=sys.stderr)
             return 1
         keys = c4gh.load_private_keys(config["keys"])
-        index = c4gh.opening_key(bytes(file["header"]), keys)
+        index = c4gh.opening_key(header, keys)
         shown = {"file_id": str(file["id"]), "key": None if index is None else index,
                  "path": None if index is None else config["keys"][index]["path"],
                  "public_key": None if index is None else

@@ -28,6 +28,12 @@ MIGRATION_LOCK = 0x1E6A  # pg_advisory_xact_lock key: one migrator at a time
 STATUSES = ("submitted", "archived", "verified", "ready", "error", "disabled")
 ACTIVE = ("submitted", "archived", "verified", "ready")
 
+# every column but the header: only verify reads headers (see migration 002)
+FILE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (
+    "id", "submission_user", "filepath", "status", "archive_path", "archive_size",
+    "upload_size", "decrypted_size", "accession_id", "error_code", "error_reason",
+    "created_at", "updated_at")))
+
 psycopg2.extras.register_uuid()
 
 
@@ -119,14 +125,21 @@ class Database:
     # -- reading ------------------------------------------------------------------
 
     def file(self, file_id):
-        return self._read_one("SELECT * FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
+        return self._read_one(sql.SQL("SELECT {} FROM files WHERE id = %s").format(FILE_COLUMNS),
+                              (uuid.UUID(str(file_id)),))
+
+    def header(self, file_id):
+        """The file's Crypt4GH header (verify's role only may read it)."""
+        row = self._read_one("SELECT header FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
+        return bytes(row["header"]) if row and row["header"] is not None else None
 
     def latest_file(self, user, filepath):
         """The file in progress or done for this path, else the last errored or
         cancelled one, else None."""
-        return self._read_one("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
+        return self._read_one(sql.SQL("""SELECT {} FROM files
+                                  WHERE submission_user = %s AND filepath = %s
                                  ORDER BY (status IN ('error', 'disabled')), created_at DESC
-                                 LIMIT 1""", (user, filepath))
+                                 LIMIT 1""").format(FILE_COLUMNS), (user, filepath))
 
     def files(self, status=None, user=None, limit=100):
         """The most recently changed files, of a status and/or a user if given."""
@@ -178,17 +191,20 @@ class Database:
         the path already has a file in progress or done. Returns (file row, created)."""
         with self.transaction() as cur:
             file_id = uuid.uuid4()
-            cur.execute("""INSERT INTO files (id, submission_user, filepath, status)
-                           VALUES (%s, %s, %s, 'submitted')
-                           ON CONFLICT (submission_user, filepath)
-                               WHERE status NOT IN ('error', 'disabled') DO NOTHING
-                           RETURNING *""", (file_id, user, filepath))
+            cur.execute(sql.SQL("""INSERT INTO files (id, submission_user, filepath, status)
+                                   VALUES (%s, %s, %s, 'submitted')
+                                   ON CONFLICT (submission_user, filepath)
+                                       WHERE status NOT IN ('error', 'disabled') DO NOTHING
+                                   RETURNING {}""").format(FILE_COLUMNS),
+                        (file_id, user, filepath))
             row = cur.fetchone()
             if row is not None:
                 self._event(cur, file_id, "submitted", ctx)
                 return row, True
-            cur.execute("""SELECT * FROM files WHERE submission_user = %s AND filepath = %s
-                           AND status NOT IN ('error', 'disabled')""", (user, filepath))
+            cur.execute(sql.SQL("""SELECT {} FROM files
+                                   WHERE submission_user = %s AND filepath = %s
+                                   AND status NOT IN ('error', 'disabled')""").format(FILE_COLUMNS),
+                        (user, filepath))
             return cur.fetchone(), False
 
     def set_archived(self, file_id, ctx, header, archive_path, archive_size, upload_size,

@@ -40,14 +40,15 @@ def handle(worker, ctx, message):
         return
 
     ctx.bytes = file["archive_size"]
+    header = worker.db.header(file["id"])
     if re_verify:  # old data: a retired key may open it, and a failure is ours to fix
         try:
-            keys = session_keys(bytes(file["header"]), worker.keys + worker.retired_keys)
+            keys = session_keys(header, worker.keys + worker.retired_keys)
             size, decrypted = decrypt_and_check(worker, file, keys)
         except UserError as e:
             raise IntegrityError(f"re-verification failed: {e.code}: {e.reason}") from None
     else:
-        keys = session_keys(bytes(file["header"]), worker.keys, worker.retired_keys)
+        keys = session_keys(header, worker.keys, worker.retired_keys)
         size, decrypted = decrypt_and_check(worker, file, keys)
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
              decrypted["sha256"])

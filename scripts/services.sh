@@ -72,7 +72,11 @@ as_postgres() {
 }
 if [ "$(as_postgres -c "select 1 from pg_roles where rolname = 'lega'")" != 1 ]; then
   say "creating the PostgreSQL role lega"
-  as_postgres -c "create role lega login createdb password 'lega'" >/dev/null
+  as_postgres -c "create role lega login createdb createrole password 'lega'" >/dev/null
+fi
+# the schema's owner creates the workers' roles in its migrations
+if [ "$(as_postgres -c "select rolcreaterole from pg_roles where rolname = 'lega'")" != t ]; then
+  as_postgres -c "alter role lega createrole" >/dev/null
 fi
 if [ "$(as_postgres -c "select 1 from pg_database where datname = 'lega'")" != 1 ]; then
   say "creating the database lega"

@@ -254,6 +254,7 @@ class Stack:
         self.root = root
         self.config_path = config_path
         self.driver = config["vault"]["driver"]
+        self.config = config
         self.inbox = inbox  # a FolderStore or a BucketStore
         self.vault = vault
         self.cega = cega
@@ -264,18 +265,25 @@ class Stack:
 
     # the worker programs
     def start_worker(self, name, tag=None, env=None):
-        """Start a worker program; its /health, /ready and /metrics on a port of its own
-        (``self.health[tag]``)."""
+        """Start a worker program, as its own database role (least privilege); its
+        /health, /ready and /metrics on a port of its own (``self.health[tag]``)."""
         tag = tag or name
         log = open(self.root / f"{tag}.log", "ab")
         port = seaweed.free_port()
         self.health[tag] = f"http://127.0.0.1:{port}"
         env = {**os.environ, "LEGA_WORKER_HEALTH_PORT": str(port),
-               "LEGA_WORKER_HEALTH_ADDRESS": "127.0.0.1", **(env or {})}
+               "LEGA_WORKER_HEALTH_ADDRESS": "127.0.0.1",
+               "LEGA_DB_DSN": self.worker_dsn(name), **(env or {})}
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
                                                 str(self.config_path)],
                                                stdout=log, stderr=subprocess.STDOUT, env=env)
         return self.processes[tag]
+
+    def worker_dsn(self, name, direct=False):
+        """The DSN of the worker's own login role (through the proxy unless ``direct``)."""
+        base = self.direct_dsn if direct else self.config["db"]["dsn"]
+        return psycopg2.extensions.make_dsn(base, user=WORKER_ROLE.format(name),
+                                            password=WORKER_PASSWORD)
 
     def wait_consuming(self, tag, timeout=30):
         """Until the worker says it consumes (its topology is declared by then)."""
@@ -362,6 +370,24 @@ posix_only = pytest.mark.usefixtures("needs_posix_inbox")
 def needs_posix_inbox(stack):
     if not isinstance(stack.inbox, FolderStore):
         pytest.skip("symbolic links exist in a POSIX inbox only")
+
+
+WORKER_ROLE = "lega_test_{}"
+WORKER_PASSWORD = "worker-test-password"
+
+
+def create_worker_roles(dsn):
+    """A login role per worker, member of the worker's group role (migration 002)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in WORKERS:
+            role = WORKER_ROLE.format(name)
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is None:
+                cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (WORKER_PASSWORD,))
+            cur.execute(f"GRANT lega_{name} TO {role}")
+    conn.close()
 
 
 def reset_database(dsn_admin, name):
@@ -463,8 +489,10 @@ def stack(request, tmp_path_factory, keys):
     assert migrate.returncode == 0, migrate.stderr
 
     cega = CentralEGA(BROKER_URL)
+    create_worker_roles(dsn)
     stack = Stack(root, config_path, config, cega, keys, inbox, vault)
     stack.db = Database(dsn, worker="tests")  # the tests' own view: not through the proxy
+    stack.direct_dsn = dsn
     stack.proxy, stack.db_proxy = proxy, db_proxy
     for name in WORKERS:
         stack.start_worker(name)
