@@ -11,12 +11,10 @@ message that failed too often is parked for operators.
 import json
 import logging
 import re
-import time
 
 import pika
 import pika.exceptions
 
-from .config import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -114,22 +112,6 @@ def connect(url, heartbeat=60, name="lega"):
     channel = connection.channel()
     channel.confirm_delivery()
     return connection, channel
-
-
-def connect_with_backoff(url, heartbeat, name, delay, max_delay, should_stop=lambda: False):
-    """Connect, waiting with growing delays while the broker is away."""
-    while True:
-        try:
-            return connect(url, heartbeat, name)
-        except CONNECTION_ERRORS as e:
-            if should_stop():
-                raise
-            LOG.warning("broker %s not reachable (%s); trying again in %.0fs",
-                        redact(url), e.__class__.__name__, delay)
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not should_stop():
-                time.sleep(0.2)
-            delay = min(delay * 2, max_delay)
 
 
 def publish(channel, exchange, routing_key, body, correlation_id, headers=None,

@@ -154,11 +154,9 @@ class Worker:
             except broker.CONNECTION_ERRORS as e:
                 if self.stopping.is_set():
                     break
-                LOG.warning("lost the broker (%s: %s); reconnecting in %.0fs",
+                LOG.warning("the broker is away (%s: %s); connecting again in %.0fs",
                             e.__class__.__name__, e, delay)
-                end = time.monotonic() + delay
-                while time.monotonic() < end and not self._waiting():
-                    time.sleep(0.2)
+                pause(delay, self._waiting)
                 delay = min(delay * 2, self.config["broker.reconnect_max_delay"])
             finally:
                 self._close()
@@ -166,17 +164,17 @@ class Worker:
         LOG.info("%s stopped", self.ident)
 
     def _connect(self):
-        self.connection, self.channel = broker.connect_with_backoff(
-            self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
-            self.config["broker.reconnect_delay"], self.config["broker.reconnect_max_delay"],
-            should_stop=self._waiting)
+        # a failure goes to run(), which waits with growing delays and tries again
+        self.connection, self.channel = broker.connect(
+            self.config["broker.url"], self.config["broker.heartbeat"], self.ident)
         broker.declare_topology(self.channel, self.delays)
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
         LOG.info("%s consuming from %s", self.ident, self.queue)
 
     def _waiting(self):
-        """Called while waiting for the broker: alive, and whether to stop waiting."""
+        """Called while waiting (for the broker, the vault): the worker is alive; and
+        whether to stop waiting."""
         self.last_tick = time.monotonic()
         return self.stopping.is_set()
 
@@ -394,12 +392,20 @@ def stop_on_signals():
     return stopping
 
 
-def wait_until_usable(what, check, config, stopping):
+def pause(seconds, should_stop):
+    """Sleep, calling ``should_stop`` (which may also say the worker is alive) every
+    0.2 s, and return early if it says so."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not should_stop():
+        time.sleep(0.2)
+
+
+def wait_until_usable(what, check, config, should_stop):
     """Run ``check`` until it passes, waiting longer each time: a service that is not
     up yet (S3 starting with the stack) is waited for, and said so in the log. A local
     folder that cannot be used (OSError) is a set-up error and stops the worker."""
     delay = config["broker.reconnect_delay"]
-    while not stopping.is_set():
+    while not should_stop():
         try:
             return check()
         except OSError:
@@ -407,7 +413,7 @@ def wait_until_usable(what, check, config, stopping):
         except Exception as e:
             LOG.warning("%s is not usable yet (%s); trying again in %.0fs", what,
                         lega_config.redact(str(e)), delay)
-            stopping.wait(delay)
+            pause(delay, should_stop)
             delay = min(delay * 2, config["broker.reconnect_max_delay"])
 
 
@@ -429,7 +435,7 @@ def main(name, queue, kind, handle, argv=None, prepare=None):
             prepare(worker)
         if config["worker.health_port"]:
             health.serve(worker, config["worker.health_address"], config["worker.health_port"])
-        wait_until_usable("the vault", vault.check, config, stopping)
+        wait_until_usable("the vault", vault.check, config, worker._waiting)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
         return 2
