@@ -12,6 +12,7 @@ ships ``to_cega`` to the real Central EGA instead, and this program is not run.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import secrets
@@ -25,17 +26,23 @@ from . import broker, config as lega_config
 LOG = logging.getLogger("lega.cega")
 
 
-def new_accession_id():
-    return "EGAF" + "".join(secrets.choice("0123456789") for _ in range(11))
+def new_accession_id(file_id=None):
+    """``EGAF`` + 11 digits: the same for the same file id (so a request received twice,
+    after a broker restart, gets the same answer, as from the real Central EGA), random
+    without one."""
+    if file_id is None:
+        return "EGAF" + "".join(secrets.choice("0123456789") for _ in range(11))
+    return "EGAF" + str(int(hashlib.sha256(file_id.encode()).hexdigest(), 16))[-11:]
 
 
-def accession_for(request):
-    """Central EGA's answer to an accession request (``files.verified``)."""
+def accession_for(request, file_id=None):
+    """Central EGA's answer to an accession request (``files.verified``), whose
+    correlation id is the file id."""
     return {
         "type": "accession",
         "user": request["user"],
         "filepath": request["filepath"],
-        "accession_id": new_accession_id(),
+        "accession_id": new_accession_id(file_id),
         "decrypted_checksums": request["decrypted_checksums"],
     }
 
@@ -65,7 +72,7 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             on_message(method.routing_key, message, props)
             if (method.routing_key == "files.verified" and isinstance(message, dict)
                     and answer(message)):
-                reply = accession_for(message)
+                reply = accession_for(message, props.correlation_id)
                 broker.publish(channel, "", broker.ACCESSION_QUEUE, reply, props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
                          reply["filepath"])

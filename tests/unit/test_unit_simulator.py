@@ -1,0 +1,21 @@
+"""The Central EGA simulator answers a request received twice with the same ID."""
+
+import re
+import uuid
+
+from lega.cega_simulator import accession_for
+
+REQUEST = {"user": "u", "filepath": "f.c4gh",
+           "decrypted_checksums": [{"type": "sha256", "value": "0" * 64}]}
+
+
+def test_same_file_same_accession_id():
+    file_id = str(uuid.uuid4())
+    first, again = accession_for(REQUEST, file_id), accession_for(REQUEST, file_id)
+    assert first == again and re.fullmatch(r"EGAF\d{11}", first["accession_id"])
+    assert accession_for(REQUEST, str(uuid.uuid4()))["accession_id"] != first["accession_id"]
+
+
+def test_without_a_file_id_a_fresh_one_each_time():
+    ids = {accession_for(REQUEST)["accession_id"] for _ in range(20)}
+    assert len(ids) > 1 and all(re.fullmatch(r"EGAF\d{11}", i) for i in ids)
