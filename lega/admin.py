@@ -119,7 +119,8 @@ def one_file_command(args, config, db):
             print(f"keys[{index}]: {shown['path']} (public key {shown['public_key']})")
         return 0 if index is not None else 1
 
-    connection, channel = broker.connect(config["broker.url"], name="ega-admin")
+    connection, channel = broker.connect(config["broker.url"], name="ega-admin",
+                                         tls=broker.tls(config))
     try:
         broker.declare_topology(channel)
         if args.command == "cancel":
@@ -145,11 +146,11 @@ def one_file_command(args, config, db):
 
 
 def dead_letters_command(args, config, db):
-    from . import dead_letters
+    from . import broker, dead_letters
 
     url = config["broker.url"]
     if args.dead_command == "list":
-        parked = dead_letters.list_parked(url)
+        parked = dead_letters.list_parked(url, broker.tls(config))
         if args.json:
             print(json.dumps(parked))
         elif not parked:
@@ -159,7 +160,8 @@ def dead_letters_command(args, config, db):
                   f"  attempts {message['attempts']}\n    error: {message['error']}\n"
                   f"    message: {json.dumps(message['message'])[:300]}")
         return 0
-    sent = dead_letters.requeue(url, db, None if args.all else set(args.ids))
+    sent = dead_letters.requeue(url, db, None if args.all else set(args.ids),
+                                broker.tls(config))
     for message in sent:
         print(f"sent {message['id']} back to {message['queue']}")
     missing = set() if args.all else set(args.ids) - {m["id"] for m in sent}

@@ -11,6 +11,7 @@ message that failed too often is parked for operators.
 import json
 import logging
 import re
+import ssl
 
 import pika
 import pika.exceptions
@@ -97,12 +98,30 @@ def urls(setting):
     return [u for u in re.split(r"[\s,]+", setting) if u]
 
 
-def connect(url, heartbeat=60, name="lega"):
+def tls(config):
+    """The TLS settings of ``broker.*`` for :func:`connect` (used by amqps:// URLs)."""
+    return {"ca_bundle": config["broker.ca_bundle"], "client_cert": config["broker.client_cert"],
+            "client_key": config["broker.client_key"]}
+
+
+def ssl_options(host, ca_bundle="", client_cert="", client_key=""):
+    """TLS 1.2 or newer, the broker's certificate checked against the CA bundle (else
+    the system's CAs) and its name against the host of the URL."""
+    context = ssl.create_default_context(cafile=ca_bundle or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert:
+        context.load_cert_chain(client_cert, client_key or None)
+    return pika.SSLOptions(context, server_hostname=host)
+
+
+def connect(url, heartbeat=60, name="lega", tls=None):
     """A blocking connection (to the first of the URLs that answers) with publisher
-    confirms on its channel."""
+    confirms on its channel; ``tls`` (see :func:`tls`) for amqps:// URLs."""
     candidates = []
     for one in urls(url):
         params = pika.URLParameters(one)
+        if params.ssl_options is not None:
+            params.ssl_options = ssl_options(params.host, **(tls or {}))
         params.heartbeat = heartbeat
         params.blocked_connection_timeout = 300
         params.connection_attempts = 1

@@ -54,9 +54,9 @@ def printer(out):
 
 
 def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE,
-        should_stop=lambda: False):
+        should_stop=lambda: False, tls=None):
     """Consume what LocalEGA sends; answer the accession requests ``answer`` accepts."""
-    connection, channel = broker.connect(url, name="cega-simulator")
+    connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
     broker.declare_topology(channel)
     channel.basic_qos(prefetch_count=10)
     try:
@@ -85,9 +85,9 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             LOG.debug("closing: %r", e)
 
 
-def send(url, queue, body):
+def send(url, queue, body, tls=None):
     """Send one message as Central EGA does (persistent JSON, confirmed)."""
-    connection, channel = broker.connect(url, name="cega-simulator")
+    connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
     try:
         broker.declare_topology(channel)
         broker.publish(channel, "", queue, body, str(uuid.uuid4()))
@@ -119,7 +119,8 @@ def main(argv=None):
 
     if args.command in ("ingest", "cancel"):
         send(url, broker.FILES_QUEUE,
-             {"type": args.command, "user": args.user, "filepath": args.filepath})
+             {"type": args.command, "user": args.user, "filepath": args.filepath},
+             tls=broker.tls(config))
         print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}")
         return 0
 
@@ -129,7 +130,7 @@ def main(argv=None):
     while not stop:
         try:
             run(url, printer(sys.stdout), answer=lambda request: not args.no_accessions,
-                should_stop=lambda: bool(stop))
+                should_stop=lambda: bool(stop), tls=broker.tls(config))
         except broker.CONNECTION_ERRORS as e:
             LOG.warning("broker connection lost (%s); reconnecting", e.__class__.__name__)
             time.sleep(2)

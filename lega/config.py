@@ -35,6 +35,11 @@ DEFAULTS = {
         # how long to wait between reconnection attempts (seconds, doubled up to the max)
         "reconnect_delay": 1.0,
         "reconnect_max_delay": 30.0,
+        # amqps:// only: CA certificates file for a private CA (empty: the system's),
+        # and a client certificate with its key when the broker asks for one
+        "ca_bundle": "",
+        "client_cert": "",
+        "client_key": "",
     },
     "db": {
         "dsn": "postgresql://lega:lega@127.0.0.1:5432/lega",
@@ -268,6 +273,11 @@ def _check(config):
         if urlsplit(one).scheme not in ("amqp", "amqps"):
             raise ConfigError(f"broker.url: must start with amqp:// or amqps://, got "
                               f"{redact(one)}")
+    for setting in ("broker.ca_bundle", "broker.client_cert", "broker.client_key"):
+        if config[setting] and not os.path.isfile(config[setting]):
+            raise ConfigError(f"{setting}: no such file {config[setting]}")
+    if bool(config["broker.client_cert"]) != bool(config["broker.client_key"]):
+        raise ConfigError("broker.client_cert and broker.client_key: give both or neither")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
     for store in ("inbox", "vault"):

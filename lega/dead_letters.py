@@ -51,8 +51,8 @@ def describe(props, body):
     }
 
 
-def list_parked(url):
-    connection, channel = broker.connect(url, name="ega-admin")
+def list_parked(url, tls=None):
+    connection, channel = broker.connect(url, name="ega-admin", tls=tls)
     try:
         broker.declare_topology(channel)
         return [describe(props, body) for _, props, body in _fetch_all(channel)]
@@ -60,9 +60,9 @@ def list_parked(url):
         connection.close()
 
 
-def requeue(url, db, ids=None):
+def requeue(url, db, ids=None, tls=None):
     """Send back the parked messages with these ids (all if None); returns them."""
-    connection, channel = broker.connect(url, name="ega-admin")
+    connection, channel = broker.connect(url, name="ega-admin", tls=tls)
     sent = []
     try:
         broker.declare_topology(channel)

@@ -166,7 +166,8 @@ class Worker:
     def _connect(self):
         # a failure goes to run(), which waits with growing delays and tries again
         self.connection, self.channel = broker.connect(
-            self.config["broker.url"], self.config["broker.heartbeat"], self.ident)
+            self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
+            broker.tls(self.config))
         broker.declare_topology(self.channel, self.delays)
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
