@@ -17,13 +17,19 @@ SECRET_KEY = "lega-test-secret"
 
 
 def free_port():
-    """A free TCP port low enough that SeaweedFS's port + 10000 gRPC default fits too."""
+    """A free TCP port whose port + 10000 (SeaweedFS's gRPC default) is free too."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port < 50000:
-            return port
+        if port >= 55535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def weed_program():
