@@ -1,11 +1,14 @@
 """RabbitMQ: the topology of SPEC section 2, connections and confirmed publishing.
 
-Every worker declares the whole topology at start (all durable), so an empty broker
-works; ``deploy/`` ships the same as a definitions file. Besides the SPEC names there
-are our own internal ones: delay queues for retries with back-off (a message waits in
-``lega.retry.<ms>ms`` until its time-to-live runs out, then dead-letters back to the
-queue it came from through the default exchange) and ``lega.dead_letters``, where a
-message that failed too often is parked for operators.
+``deploy/rabbitmq-definitions.json`` (written by ``python -m lega.broker``) holds the
+topology, all durable, and a broker user per worker allowed only its own part: the
+queue it consumes and the exchanges it publishes to. A worker checks at start that its
+part exists, and on an empty broker (a development one) declares the whole topology if
+its user may. Besides the SPEC names there are our own internal ones: delay queues for
+retries with back-off, one set per worker queue (a message waits in
+``lega.retry.<queue>.<ms>ms`` until its time-to-live runs out, then dead-letters back
+to its queue) and ``lega.dead_letters`` (an exchange and its queue), where a message
+that failed too often is parked for operators.
 """
 
 import json
@@ -35,24 +38,45 @@ CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.Connec
                      pika.exceptions.ChannelWrongStateError)
 
 
-def retry_exchange(delay_seconds):
-    return f"lega.retry.{int(round(delay_seconds * 1000))}ms"
+# Each worker's share of the topology: the queue it consumes and the (topic) exchanges
+# it publishes to, with the routing keys it uses. Besides these it publishes to its own
+# retry exchanges and to lega.dead_letters, and nothing else: that is all its broker
+# user may do (permissions and topic permissions).
+WORKERS = {
+    "ingest": (FILES_QUEUE, {LEGA_EXCHANGE: ["archived"],
+                             CEGA_EXCHANGE: ["files.processing", "files.error"]}),
+    "verify": (ARCHIVED_QUEUE, {CEGA_EXCHANGE: ["files.verified", "files.error"]}),
+    "finalize": (ACCESSION_QUEUE, {CEGA_EXCHANGE: ["files.completed", "files.error"]}),
+}
+
+
+class TopologyMissing(Exception):
+    """Part of the topology is missing and this broker user may not declare it."""
+
+
+def retry_exchange(queue, delay_seconds):
+    """The exchange (and queue) where a message of ``queue`` waits ``delay_seconds``."""
+    return f"lega.retry.{queue}.{int(round(delay_seconds * 1000))}ms"
 
 
 def topology(retry_delays=()):
     """Every exchange, queue and binding we use, as (exchanges, queues, bindings)."""
-    exchanges = [(LEGA_EXCHANGE, "topic"), (CEGA_EXCHANGE, "topic")]
+    exchanges = [(LEGA_EXCHANGE, "topic"), (CEGA_EXCHANGE, "topic"), (DEAD_LETTERS, "fanout")]
     queues = [(name, {}) for name in (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE,
                                       TO_CEGA_QUEUE, DEAD_LETTERS)]
-    bindings = [(ARCHIVED_QUEUE, LEGA_EXCHANGE, "archived"), (TO_CEGA_QUEUE, CEGA_EXCHANGE, "#")]
-    for delay in retry_delays:
-        name = retry_exchange(delay)
-        exchanges.append((name, "fanout"))
-        queues.append((name, {
-            "x-message-ttl": int(round(delay * 1000)),
-            "x-dead-letter-exchange": "",  # back by the message's own routing key (its queue)
-        }))
-        bindings.append((name, name, ""))
+    bindings = [(ARCHIVED_QUEUE, LEGA_EXCHANGE, "archived"), (TO_CEGA_QUEUE, CEGA_EXCHANGE, "#"),
+                (DEAD_LETTERS, DEAD_LETTERS, "")]
+    for queue, _ in WORKERS.values():
+        for delay in retry_delays:
+            name = retry_exchange(queue, delay)
+            exchanges.append((name, "fanout"))
+            queues.append((name, {
+                "x-message-ttl": int(round(delay * 1000)),
+                # then back to the queue it came from, through the default exchange
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+            }))
+            bindings.append((name, name, ""))
     return exchanges, queues, bindings
 
 
@@ -67,11 +91,83 @@ def declare_topology(channel, retry_delays=()):
         channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
-def definitions(retry_delays, vhost="/"):
-    """The same topology as a RabbitMQ definitions file (deploy/rabbitmq-definitions.json)."""
+def needs(worker, retry_delays):
+    """What a worker uses, as (queues, exchanges)."""
+    queue, publishes = WORKERS[worker]
+    return [queue], [*publishes, DEAD_LETTERS] + [retry_exchange(queue, d) for d in retry_delays]
+
+
+def prepare(connection, worker, retry_delays, user="this user"):
+    """Make sure what ``worker`` uses exists. A broker loaded with the definitions file
+    is only checked (passively: a worker's own broker user may not declare anything);
+    on an empty one the whole topology is declared, which needs a user allowed to
+    (``configure`` permission), else :class:`TopologyMissing` names what is missing."""
+    queues, exchanges = needs(worker, retry_delays)
+    missing = []
+    channel = connection.channel()
+    for kind, name in [("queue", q) for q in queues] + [("exchange", x) for x in exchanges]:
+        try:
+            if kind == "queue":
+                channel.queue_declare(name, passive=True)
+            else:
+                channel.exchange_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != 404:
+                raise
+            missing.append(f"{kind} {name}")
+            channel = connection.channel()
+    if missing:
+        LOG.info("declaring the topology (missing: %s)", ", ".join(missing))
+        try:
+            declare_topology(channel, retry_delays)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            if e.reply_code != 403:
+                raise
+            raise TopologyMissing(
+                f"the broker has no {', '.join(missing)}, and {user} may not declare them: "
+                "load the definitions file into the broker (deploy/rabbitmq-definitions.json,"
+                " or python -m lega.broker --conf <this configuration> for other retry."
+                "delays)") from None
+    channel.close()
+
+
+def user_name(worker, prefix="lega-"):
+    return f"{prefix}{worker}"
+
+
+def permissions(worker, vhost="/", prefix="lega-"):
+    """The broker permissions of a worker's own user: read its queue, write to the
+    exchanges it publishes to, its retry exchanges and lega.dead_letters; declare or
+    delete nothing."""
+    queue, publishes = WORKERS[worker]
+    written = [re.escape(x) for x in [*publishes, DEAD_LETTERS]]
+    written.append(re.escape(f"lega.retry.{queue}.") + r"[0-9]+ms")
+    return {"user": user_name(worker, prefix), "vhost": vhost, "configure": "^$",
+            "write": f"^({'|'.join(written)})$", "read": f"^{re.escape(queue)}$"}
+
+
+def topic_permissions(worker, vhost="/", prefix="lega-"):
+    """On each topic exchange a worker publishes to, only the routing keys it uses (so
+    ingest cannot tell Central EGA a file is completed)."""
+    _, publishes = WORKERS[worker]
+    return [{"user": user_name(worker, prefix), "vhost": vhost, "exchange": exchange,
+             "write": f"^({'|'.join(re.escape(k) for k in keys)})$", "read": "^$"}
+            for exchange, keys in publishes.items()]
+
+
+def definitions(retry_delays, vhost="/", user_prefix="lega-"):
+    """The topology as a RabbitMQ definitions file (deploy/rabbitmq-definitions.json),
+    with a user per worker and its permissions. The users have no password here (they
+    cannot log in): a second definitions file, kept secret, sets their passwords."""
     exchanges, queues, bindings = topology(retry_delays)
     return {
         "vhosts": [{"name": vhost}],
+        "users": [{"name": user_name(worker, user_prefix), "password_hash": "",
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}
+                  for worker in WORKERS],
+        "permissions": [permissions(worker, vhost, user_prefix) for worker in WORKERS],
+        "topic_permissions": [p for worker in WORKERS
+                              for p in topic_permissions(worker, vhost, user_prefix)],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True,
                        "auto_delete": False, "internal": False, "arguments": {}}
                       for name, kind in exchanges],
@@ -114,6 +210,11 @@ def ssl_options(host, ca_bundle="", client_cert="", client_key=""):
     return pika.SSLOptions(context, server_hostname=host)
 
 
+def username(url):
+    """The user name in (the first of) the broker URLs."""
+    return pika.URLParameters(urls(url)[0]).credentials.username
+
+
 def connect(url, heartbeat=60, name="lega", tls=None):
     """A blocking connection (to the first of the URLs that answers) with publisher
     confirms on its channel; ``tls`` (see :func:`tls`) for amqps:// URLs."""
@@ -141,6 +242,23 @@ def publish(channel, exchange, routing_key, body, correlation_id, headers=None,
                           properties(correlation_id, headers, message_id), mandatory=True)
 
 
-if __name__ == "__main__":  # python -m lega.broker > deploy/rabbitmq-definitions.json
-    from .config import DEFAULTS
-    print(json.dumps(definitions(DEFAULTS["retry"]["delays"]), indent=2))
+def main(argv=None):
+    """python -m lega.broker [--conf FILE] [--vhost NAME] > deploy/rabbitmq-definitions.json"""
+    import argparse
+
+    from . import config as lega_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lega.broker",
+        description="print the RabbitMQ definitions (topology, users, permissions)")
+    parser.add_argument("--conf", help="configuration file (its retry.delays are used)")
+    parser.add_argument("--vhost", default="/", help="the virtual host (default /)")
+    parser.add_argument("--user-prefix", default="lega-",
+                        help="the workers' users are <prefix>ingest... (default lega-)")
+    args = parser.parse_args(argv)
+    delays = lega_config.load(args.conf)["retry.delays"]
+    print(json.dumps(definitions(delays, args.vhost, args.user_prefix), indent=2))
+
+
+if __name__ == "__main__":
+    main()

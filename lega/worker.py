@@ -151,11 +151,14 @@ class Worker:
                 self._connect()
                 delay = self.config["broker.reconnect_delay"]
                 self._consume()
-            except broker.CONNECTION_ERRORS as e:
+            except (*broker.CONNECTION_ERRORS, broker.TopologyMissing) as e:
                 if self.stopping.is_set():
                     break
-                LOG.warning("the broker is away (%s: %s); connecting again in %.0fs",
-                            e.__class__.__name__, e, delay)
+                if isinstance(e, broker.TopologyMissing):
+                    LOG.error("%s; trying again in %.0fs", e, delay)
+                else:
+                    LOG.warning("the broker is away (%s: %s); connecting again in %.0fs",
+                                e.__class__.__name__, e, delay)
                 pause(delay, self._waiting)
                 delay = min(delay * 2, self.config["broker.reconnect_max_delay"])
             finally:
@@ -168,7 +171,8 @@ class Worker:
         self.connection, self.channel = broker.connect(
             self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
             broker.tls(self.config))
-        broker.declare_topology(self.channel, self.delays)
+        broker.prepare(self.connection, self.name, self.delays,
+                       f"broker user {broker.username(self.config['broker.url'])}")
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
         LOG.info("%s consuming from %s", self.ident, self.queue)
@@ -346,14 +350,15 @@ class Worker:
                 LOG.error("failed (%s); trying again in %gs (attempt %d of %d)\n%s", reason,
                           delay, ctx.attempt, self.max_attempts,
                           "".join(traceback.format_exception(error)).rstrip())
-            self.publish_threadsafe(broker.retry_exchange(delay), self.queue, ctx.raw,
+            self.publish_threadsafe(broker.retry_exchange(self.queue, delay), self.queue, ctx.raw,
                                     ctx.incoming_correlation_id, headers)
             ctx.outcome = "retried"
             health.RETRIES.labels(self.queue).inc()
             return
         LOG.error("failed %d times (%s); parking the message in %s for operators",
                   ctx.attempt, reason, broker.DEAD_LETTERS)
-        self.publish_threadsafe("", broker.DEAD_LETTERS, ctx.raw, ctx.incoming_correlation_id,
+        self.publish_threadsafe(broker.DEAD_LETTERS, self.queue, ctx.raw,
+                                ctx.incoming_correlation_id,
                                 headers, message_id=uuid.uuid4().hex)
         ctx.outcome = "parked"
         health.DEAD_LETTERS.labels(self.queue).inc()

@@ -12,10 +12,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -184,6 +186,10 @@ class FolderStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
+    def append(self, key, data):
+        with open(self.root / key, "ab") as f:
+            f.write(data)
+
     def read(self, key):
         return (self.root / key).read_bytes()
 
@@ -262,6 +268,7 @@ class Stack:
         self.db = None  # set by the fixture: a direct connection, not the workers' proxy
         self.processes = {}
         self.health = {}
+        self.broker_urls = {}  # each worker's own broker user, when made
 
     # the worker programs
     def start_worker(self, name, tag=None, env=None):
@@ -273,7 +280,8 @@ class Stack:
         self.health[tag] = f"http://127.0.0.1:{port}"
         env = {**os.environ, "LEGA_WORKER_HEALTH_PORT": str(port),
                "LEGA_WORKER_HEALTH_ADDRESS": "127.0.0.1",
-               "LEGA_DB_DSN": self.worker_dsn(name), **(env or {})}
+               "LEGA_DB_DSN": self.worker_dsn(name),
+               "LEGA_BROKER_URL": self.broker_urls.get(name, BROKER_URL), **(env or {})}
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
                                                 str(self.config_path)],
                                                stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -400,18 +408,57 @@ def reset_database(dsn_admin, name):
     return psycopg2.extensions.make_dsn(dsn_admin, dbname=name)
 
 
+BROKER_USER_PREFIX = "lega_test_"
+BROKER_USER_PASSWORD = "broker-test-password"
+
+
 def reset_broker(url):
-    """Delete what an earlier run left in the test vhost."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    names = [broker.FILES_QUEUE, broker.ARCHIVED_QUEUE, broker.ACCESSION_QUEUE,
-             broker.TO_CEGA_QUEUE, broker.DEAD_LETTERS] + [broker.retry_exchange(d)
-                                                            for d in RETRY_DELAYS]
-    channel = connection.channel()
-    for name in names:
-        channel.queue_delete(name)
-    for name in [broker.LEGA_EXCHANGE, broker.CEGA_EXCHANGE] + names[5:]:
-        channel.exchange_delete(name)
-    connection.close()
+    """An empty test vhost, loaded with our definitions file (topology, a broker user
+    per worker and its permissions) as an operator would, then a second, secret one
+    with the users' passwords. Returns the workers' broker URLs ({} without rabbitmqctl,
+    e.g. a remote LEGA_TEST_BROKER_URL: then the workers use that URL, and whatever
+    was left in the vhost is deleted)."""
+    vhost = pika.URLParameters(url).virtual_host
+    if not shutil.which("rabbitmqctl") or "LEGA_TEST_BROKER_URL" in os.environ:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        channel = connection.channel()
+        exchanges, queues, _ = broker.topology(RETRY_DELAYS)
+        for name, _ in queues:
+            channel.queue_delete(name)
+        for name, _ in exchanges:
+            channel.exchange_delete(name)
+        connection.close()
+        return {}
+    definitions = broker.definitions(RETRY_DELAYS, vhost, BROKER_USER_PREFIX)
+    passwords = {"users": [{"name": user["name"], "password": BROKER_USER_PASSWORD, "tags": ""}
+                           for user in definitions["users"]],
+                 "permissions": [{"user": "guest", "vhost": vhost, "configure": ".*",
+                                  "write": ".*", "read": ".*"}]}
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    for content in (definitions, passwords):
+        # the broker reads the file itself: where its user can (3.10 reads no "-")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir="/tmp") as f:
+            json.dump(content, f)
+            f.flush()
+            os.chmod(f.name, 0o644)
+            subprocess.run(["rabbitmqctl", "-q", "import_definitions", f.name], check=True,
+                           capture_output=True)
+    urls = {name: url.replace("guest:guest@", f"{BROKER_USER_PREFIX}{name}:"
+                                               f"{BROKER_USER_PASSWORD}@")
+            for name in WORKERS}
+    # the import runs on in the broker: until every worker's user can see its queue
+    deadline = time.monotonic() + 30
+    for name, worker_url in urls.items():
+        while True:
+            try:
+                connection = pika.BlockingConnection(pika.URLParameters(worker_url))
+                connection.channel().queue_declare(broker.WORKERS[name][0], passive=True)
+                connection.close()
+                break
+            except pika.exceptions.AMQPError:
+                assert time.monotonic() < deadline, f"definitions not imported for {name}"
+                time.sleep(0.1)
+    return urls
 
 
 @pytest.fixture(scope="session")
@@ -445,7 +492,7 @@ def stack(request, tmp_path_factory, keys):
     through a proxy that the tests can cut, to make S3 unreachable)."""
     root = tmp_path_factory.mktemp(f"lega-{request.param}")
     dsn = reset_database(DB_ADMIN_DSN, DB_NAME)
-    reset_broker(BROKER_URL)
+    broker_urls = reset_broker(BROKER_URL)
     # the workers reach PostgreSQL through a proxy the tests can cut
     db_params = psycopg2.extensions.parse_dsn(dsn)
     db_proxy = TcpProxy(db_params.get("host", "127.0.0.1"), int(db_params.get("port", 5432)))
@@ -494,6 +541,7 @@ def stack(request, tmp_path_factory, keys):
     stack.db = Database(dsn, worker="tests")  # the tests' own view: not through the proxy
     stack.direct_dsn = dsn
     stack.proxy, stack.db_proxy = proxy, db_proxy
+    stack.broker_urls = broker_urls
     for name in WORKERS:
         stack.start_worker(name)
     for name in WORKERS:

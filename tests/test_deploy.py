@@ -190,8 +190,8 @@ def test_k8s_documents_are_kubernetes_objects():
 
 def test_secret_template_holds_only_placeholders():
     secrets = k8s_kind("Secret")
-    assert {doc["metadata"]["name"] for _, doc in secrets} == {"lega-secrets",
-                                                               "lega-archive-key"}
+    assert {doc["metadata"]["name"] for _, doc in secrets} == {
+        "lega-secrets", "lega-archive-key", "lega-ingest", "lega-verify", "lega-finalize"}
     for path, doc in secrets:
         assert path.name.endswith(".example.yaml")
         for key, value in doc["stringData"].items():
@@ -404,6 +404,66 @@ def test_only_verify_holds_the_archive_key():
             assert "lega-archive-key" in volumes and "LEGA_KEYS" in env
         else:
             assert "lega-archive-key" not in volumes and "LEGA_KEYS" not in env, name
+
+
+def test_each_worker_has_its_own_broker_user_and_database_role():
+    """Least privilege: a worker's broker URL and DSN are its own secrets, never another
+    worker's nor the operators' (which the migration and the tools use)."""
+    workers = ("ingest", "verify", "finalize")
+    for name in workers:
+        mounted = {(s["source"], s.get("target")) for s in services()[name]["secrets"]
+                   if isinstance(s, dict)}
+        assert {(f"{name}_broker_url", "broker_url"), (f"{name}_db_dsn", "db_dsn")} <= mounted
+        plain = {s for s in services()[name]["secrets"] if isinstance(s, str)}
+        assert not plain & {"broker_url", "db_dsn"}, f"{name} gets the operators' secrets"
+    migrate = services()["migrate"]["command"]
+    for name in workers:
+        assert f"{name}=/run/secrets/{name}_db_dsn" in migrate
+    for name, spec in pod_templates():
+        if name.removeprefix("lega-") not in workers:
+            continue
+        sources = [source["secret"] for volume in spec["volumes"] if "projected" in volume
+                   for source in volume["projected"]["sources"]]
+        own = [s for s in sources if s["name"] == name]
+        assert own and "items" not in own[0], f"{name}: its own Secret, whole"
+        shared = next(s for s in sources if s["name"] == "lega-secrets")
+        assert {item["key"] for item in shared["items"]} == {"s3_access_key", "s3_secret_key"}
+    (_, job), = k8s_kind("Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    for name in workers:
+        assert f"{name}=/run/secrets/lega/{name}_db_dsn" in container["command"]
+
+
+def test_the_definitions_give_each_worker_only_its_part():
+    shipped = json.loads((DEPLOY / "rabbitmq-definitions.json").read_text())
+    users = {u["name"]: u for u in shipped["users"]}
+    assert set(users) == {"lega-ingest", "lega-verify", "lega-finalize"}
+    assert all(u["password_hash"] == "" for u in users.values())  # passwords: a secret
+    permissions = {p["user"]: p for p in shipped["permissions"]}
+    assert set(permissions) == set(users)
+    for user, queue in (("lega-ingest", "files"), ("lega-verify", "archived"),
+                        ("lega-finalize", "accession")):
+        assert permissions[user]["configure"] == "^$"
+        assert re.fullmatch(permissions[user]["read"], queue)
+        for other in {"files", "archived", "accession", "to_cega", "lega.dead_letters"} - {queue}:
+            assert not re.fullmatch(permissions[user]["read"], other), (user, other)
+        for default in ("", "amq.default"):  # the default exchange reaches every queue
+            assert not re.fullmatch(permissions[user]["write"], default)
+        assert re.fullmatch(permissions[user]["write"], f"lega.retry.{queue}.1000ms")
+        assert not re.fullmatch(permissions[user]["write"], "lega.retry.files.1000ms") or \
+            queue == "files"
+    topics = {(p["user"], p["exchange"]): p["write"] for p in shipped["topic_permissions"]}
+    assert set(topics) == {("lega-ingest", "lega"), ("lega-ingest", "cega"),
+                           ("lega-verify", "cega"), ("lega-finalize", "cega")}
+    for (user, exchange), keys in topics.items():
+        allowed = {key for key in ("archived", "files.processing", "files.verified",
+                                   "files.completed", "files.error")
+                   if re.fullmatch(keys, key)}
+        assert allowed == {("lega-ingest", "lega"): {"archived"},
+                           ("lega-ingest", "cega"): {"files.processing", "files.error"},
+                           ("lega-verify", "cega"): {"files.verified", "files.error"},
+                           ("lega-finalize", "cega"): {"files.completed", "files.error"},
+                           }[user, exchange]
 
 
 def test_compose_secret_files_are_mounted_where_they_are_read():

@@ -1,12 +1,16 @@
-"""Least privilege in PostgreSQL: each worker's role may do what its step needs and the
-database refuses the rest (migration 002). The workers of the whole suite run as these
-roles, which shows what they may; here, what they may not."""
+"""Least privilege: in PostgreSQL, each worker's role may do what its step needs and the
+database refuses the rest (migration 002); in RabbitMQ, each worker's broker user (from
+the definitions file) may use only its own queue and exchanges. The workers of the
+whole suite run as these roles and users, which shows what they may; here, what they
+may not."""
 
+import pika
 import psycopg2
 import pytest
 from psycopg2 import errors
 
-from conftest import ingest_ok
+from conftest import BROKER_URL, RETRY_DELAYS, assert_good_file_completes, ingest_ok
+from lega import broker
 
 
 def as_worker(stack, name, statement, args=()):
@@ -58,3 +62,85 @@ def test_the_workers_run_as_their_own_roles(stack):
     assert {("ingest", "lega_test_ingest"), ("verify", "lega_test_verify"),
             ("finalize", "lega_test_finalize")} <= seen
     assert not any(user == "lega" for _, user in seen)
+
+
+# -- RabbitMQ: each worker's broker user, from the definitions file ----------------------
+
+def broker_user(stack, name):
+    if name not in stack.broker_urls:
+        pytest.skip("the workers' broker users are made with rabbitmqctl, which is not here")
+    return pika.BlockingConnection(pika.URLParameters(stack.broker_urls[name]))
+
+
+@pytest.mark.parametrize("name, attempt", [
+    ("ingest", lambda ch: ch.basic_consume("accession", lambda *a: None)),
+    ("ingest", lambda ch: ch.basic_get("lega.dead_letters")),
+    ("verify", lambda ch: ch.basic_consume("files", lambda *a: None)),
+    ("finalize", lambda ch: ch.basic_get("archived")),
+    # the default exchange reaches every queue by name
+    ("ingest", lambda ch: ch.basic_publish("", "accession", b"{}")),
+    # another worker's retry queue leads back into that worker's queue
+    ("ingest", lambda ch: ch.basic_publish("lega.retry.accession.200ms", "accession", b"{}")),
+    ("finalize", lambda ch: ch.basic_publish("lega", "archived", b"{}")),
+    # to Central EGA, only the messages of its own step (topic permissions)
+    ("ingest", lambda ch: ch.basic_publish("cega", "files.completed", b"{}")),
+    ("verify", lambda ch: ch.basic_publish("cega", "files.completed", b"{}")),
+    ("finalize", lambda ch: ch.basic_publish("cega", "files.verified", b"{}")),
+    ("ingest", lambda ch: ch.basic_publish("lega", "archived.now", b"{}")),
+    ("verify", lambda ch: ch.queue_declare("verify-own-queue")),
+    ("verify", lambda ch: ch.queue_delete("files")),
+    ("finalize", lambda ch: ch.queue_purge("files")),
+    ("ingest", lambda ch: ch.exchange_declare("lega", "topic", durable=True)),
+    ("ingest", lambda ch: ch.queue_bind("files", "cega", routing_key="#")),
+])
+def test_a_worker_cannot_use_what_is_not_its_own_on_the_broker(stack, name, attempt):
+    depth_before = queue_depths(stack)
+    connection = broker_user(stack, name)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            attempt(channel)
+            channel.basic_qos(prefetch_count=1)  # a round trip: a refusal arrives by then
+        assert refused.value.reply_code == 403, refused.value
+    finally:
+        connection.close()
+    assert queue_depths(stack) == depth_before
+    assert_good_file_completes(stack)
+
+
+def queue_depths(stack):
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        channel = connection.channel()
+        return {name: channel.queue_declare(name, passive=True).method.message_count
+                for name in ("files", "archived", "accession", "lega.dead_letters")}
+    finally:
+        connection.close()
+
+
+def test_a_workers_broker_user_finds_its_part_without_declaring(stack):
+    """What the workers of the whole suite do with these users (consume, publish to
+    their exchanges and retry exchanges), here the check at start: all is there."""
+    connection = broker_user(stack, "verify")
+    try:
+        broker.prepare(connection, "verify", RETRY_DELAYS)  # would raise if it declared
+    finally:
+        connection.close()
+
+
+def test_a_worker_without_its_topology_says_what_is_missing(stack, tmp_path):
+    """A broker user that may not declare, on a broker without our definitions: the
+    worker waits and says what is missing instead of starting half-configured."""
+    if "verify" not in stack.broker_urls:
+        pytest.skip("the workers' broker users are made with rabbitmqctl, which is not here")
+    url = stack.broker_urls["verify"]
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        with pytest.raises(broker.TopologyMissing) as missing:
+            broker.prepare(connection, "verify", [0.2, 3.5], user="broker user v")
+    finally:
+        connection.close()
+    assert "exchange lega.retry.archived.3500ms" in str(missing.value)
+    assert "broker user v may not declare" in str(missing.value)
+    assert "lega.retry.archived.200ms" not in str(missing.value)
