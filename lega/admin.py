@@ -1,6 +1,7 @@
 """ega-admin: the operators' tool.
 
     ega-admin db migrate            create or upgrade the database schema (idempotent)
+      --login-role WORKER=FILE      and a worker's own login role, from its DSN in FILE
     ega-admin db version            the schema version in place
     ega-admin file USER FILEPATH    one file: status, ids, sizes, checksums, history
     ega-admin keys generate         a Crypt4GH key pair for the archive
@@ -19,6 +20,8 @@ import argparse
 import json
 import os
 import sys
+
+import psycopg2.extensions
 
 from . import config as lega_config
 from .db import Database, wait_until_reachable
@@ -170,6 +173,19 @@ def dead_letters_command(args, config, db):
     return 1 if missing else 0
 
 
+def login_role(db, given):
+    """``WORKER=FILE``: the login role and password of the DSN in FILE, made a member of
+    the worker's group role."""
+    worker, _, dsn_file = given.partition("=")
+    with open(dsn_file, encoding="utf-8") as f:
+        dsn = psycopg2.extensions.parse_dsn(f.read().strip())
+    if not dsn.get("user") or not dsn.get("password"):
+        raise ValueError(f"{dsn_file}: the DSN names no user or no password")
+    created = db.login_role(worker, dsn["user"], dsn["password"])
+    print(f"{'created' if created else 'updated'} the login role {dsn['user']} (member of "
+          f"lega_{worker})")
+
+
 def generate_keys(secret_path, public_path, passphrase):
     """A Crypt4GH key pair; the private key is passphrase-protected unless it is empty."""
     from crypt4gh.keys import c4gh
@@ -194,6 +210,10 @@ def main(argv=None):
     migrate = db_sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     migrate.add_argument("--wait", type=float, default=0,
                          help="wait up to this many seconds for the database to come up")
+    migrate.add_argument("--login-role", action="append", default=[], metavar="WORKER=FILE",
+                         help="then create (or set the password of) the worker's own login "
+                              "role (ingest, verify or finalize), named with its password "
+                              "by the DSN in FILE, the worker's db.dsn; may be repeated")
     db_sub.add_parser("version", help="the schema version in place")
 
     file_parser = sub.add_parser("file", help="show one file")
@@ -256,6 +276,8 @@ def main(argv=None):
                 applied = db.migrate()
                 print("applied: " + ", ".join(applied) if applied else "schema up to date",
                       f"(version {db.schema_version()})")
+                for one in args.login_role:
+                    login_role(db, one)
             else:
                 print(db.schema_version())
             return 0

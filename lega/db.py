@@ -41,6 +41,10 @@ class DuplicateAccession(Exception):
     """The accession ID is already given to another file."""
 
 
+# each worker's group role (migration 002), with only what its step needs
+WORKER_GROUPS = {"ingest": "lega_ingest", "verify": "lega_verify", "finalize": "lega_finalize"}
+
+
 class Database:
     """One connection, reopened when it breaks (the next call reconnects)."""
 
@@ -113,6 +117,28 @@ class Database:
                             (version, path.stem))
                 applied.append(path.stem)
         return applied
+
+    def login_role(self, worker, role, password):
+        """Create (or update the password of) a worker's own login role, member of the
+        worker's group role (``lega_<worker>``, made by migration 002). Idempotent."""
+        if worker not in WORKER_GROUPS:
+            raise ValueError(f"no worker {worker!r} (one of {', '.join(WORKER_GROUPS)})")
+        if role in WORKER_GROUPS.values() or not role:
+            raise ValueError(f"{role!r}: a login role of its own, not the group role")
+        with self.transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            cur.execute("SELECT rolsuper OR rolname = current_user AS mighty FROM pg_roles "
+                        "WHERE rolname = %s", (role,))
+            existing = cur.fetchone()
+            if existing and existing["mighty"]:
+                raise ValueError(f"{role} is a superuser or the schema's owner: a worker "
+                                 "needs a login role of its own")
+            verb = "ALTER" if existing else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(
+                sql.Identifier(role)), (password,))
+            cur.execute(sql.SQL("GRANT {} TO {}").format(
+                sql.Identifier(WORKER_GROUPS[worker]), sql.Identifier(role)))
+        return verb == "CREATE"
 
     def schema_version(self):
         with self.transaction() as cur:

@@ -97,6 +97,39 @@ def test_migrate_is_idempotent_and_safe_to_run_concurrently(tmp_path):
     conn.close()
 
 
+def test_login_role_gives_a_worker_its_own_role_from_its_dsn(tmp_path):
+    dsn = reset_database(DB_ADMIN_DSN, "lega_test_roles")
+    env = {"LEGA_DB_DSN": dsn}
+    worker_dsn = psycopg2.extensions.make_dsn(dsn, user="lega_test_finalize_9",
+                                              password="first-pw")
+    dsn_file = tmp_path / "finalize_dsn"
+    dsn_file.write_text(worker_dsn + "\n")
+    login = ("ega-admin", "db", "migrate", "--login-role", f"finalize={dsn_file}")
+    out = run(*login, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "created the login role lega_test_finalize_9 (member of lega_finalize)" in out.stdout
+    assert "first-pw" not in out.stdout + out.stderr
+    with psycopg2.connect(worker_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_has_role('lega_finalize', 'member'), "
+                    "has_column_privilege('files', 'header', 'SELECT')")
+        assert cur.fetchone() == (True, False)
+    conn.close()
+    # again with a new password: updated (the test server trusts local connections, so
+    # which password works is not seen here)
+    dsn_file.write_text(worker_dsn.replace("first-pw", "second-pw"))
+    out = run(*login, env=env)
+    assert out.returncode == 0 and "updated the login role" in out.stdout, out.stderr
+    # never the schema's owner (or a superuser) made a worker; no unknown worker
+    dsn_file.write_text(dsn)
+    out = run(*login, env=env)
+    assert out.returncode == 1 and "a login role of its own" in out.stderr
+    out = run("ega-admin", "db", "migrate", "--login-role", f"sweeper={dsn_file}", env=env)
+    assert out.returncode == 1 and "no worker 'sweeper'" in out.stderr
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE lega_test_finalize_9")
+    conn.close()
+
+
 def test_migrate_reports_an_unreachable_database(tmp_path):
     out = run("ega-admin", "db", "migrate",
               env={"LEGA_DB_DSN": "postgresql://lega:secretpw@127.0.0.1:1/lega"})
