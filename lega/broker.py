@@ -228,7 +228,10 @@ def connect(url, heartbeat=60, name="lega", tls=None):
         params.connection_attempts = 1
         params.client_properties = {"connection_name": name}
         candidates.append(params)
-    connection = pika.BlockingConnection(candidates)
+    try:
+        connection = pika.BlockingConnection(candidates)
+    except ssl.SSLError as e:  # pika hands on the TLS handshake's own error
+        raise pika.exceptions.AMQPConnectionError(f"TLS handshake failed: {e}") from e
     channel = connection.channel()
     channel.confirm_delivery()
     return connection, channel

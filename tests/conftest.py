@@ -121,8 +121,9 @@ def checksum_list(values):
 class CentralEGA:
     """Runs the simulator's code on a thread and records what LocalEGA sends."""
 
-    def __init__(self, url):
+    def __init__(self, url, tls=None):
         self.url = url
+        self.tls = tls  # for amqps:// URLs (see lega.broker.connect)
         self.received = []
         self.cond = threading.Condition()
         self.silent_users = set()  # no accession answers for these users
@@ -134,7 +135,7 @@ class CentralEGA:
         while not self.stop.is_set():
             try:
                 cega_simulator.run(self.url, self._record, answer=self._answer,
-                                   should_stop=self.stop.is_set)
+                                   should_stop=self.stop.is_set, tls=self.tls)
             except broker.CONNECTION_ERRORS:
                 time.sleep(0.5)
 

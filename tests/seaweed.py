@@ -38,11 +38,13 @@ def weed_program():
 
 
 class SeaweedFS:
-    def __init__(self, folder):
+    def __init__(self, folder, extra_args=()):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args)  # more flags of weed server (TLS: tests/tlsenv.py)
+        self.env = None  # its environment (None: ours)
         self.process = None
 
     def start(self, timeout=90):
@@ -63,10 +65,11 @@ class SeaweedFS:
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
             f"-filer.localSocket={self.folder}/filer.sock",
             f"-s3.localSocket={self.folder}/s3.sock",
+            *self.extra_args,
         ]
         log = open(self.folder / "weed.log", "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env=self.env)
         self._wait_ready(timeout)
         return self
 
