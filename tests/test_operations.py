@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, assert_good_file_completes, assert_ready, ingest_ok
+from conftest import (BIN, BROKER_USER_PASSWORD, WORKER_PASSWORD, assert_good_file_completes,
+                      assert_ready, ingest_ok)
 
 
 def get(url):
@@ -200,6 +201,6 @@ def test_no_secret_in_worker_logs(stack):
     """The passphrases and passwords of the test configuration never reach a log."""
     logs = "\n".join(p.read_text() for p in stack.root.glob("*.log"))
     for secret in ("old passphrase", "archive passphrase", "retired passphrase", "guest:guest",
-                   "lega:lega",
+                   "lega:lega", WORKER_PASSWORD, BROKER_USER_PASSWORD,
                    os.environ.get("LEGA_TEST_S3_SECRET_KEY", "lega-test-secret")):
         assert secret not in logs

@@ -416,6 +416,12 @@ def test_a_file_is_ingested_with_every_connection_over_tls(pipeline, workers, ke
         assert mine, f"no {name} connection in {connections}"
         assert all(c["ssl"] is True and f"CN={pipeline.ca.client_name}" in c["peer_cert_subject"]
                    for c in mine), mine
+    # and no password of the broker, the database or S3 reached a log
+    logs = "\n".join(workers.log(tag) for tag in workers.processes)
+    secrets = [pipeline.servers.rabbit.password, seaweed.SECRET_KEY] + [
+        psycopg2.extensions.parse_dsn(f.read_text())["password"]
+        for f in pipeline.dsn_files.values()]
+    assert not [secret for secret in secrets if secret in logs]
 
 
 def readiness(url):
