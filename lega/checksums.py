@@ -8,11 +8,15 @@ while the step reads, writes and decrypts (hashlib releases the GIL on large dat
 
 Fed objects must not change afterwards (bytes, or a buffer not reused). Given a
 ``size_hint`` under ``THREAD_ABOVE``, it hashes inline instead: for a small file a
-thread costs more than it saves.
+thread costs more than it saves. With ``nice``, the thread yields the cores to the
+others when they are short (Linux keeps a nice value per thread): verify gives md5,
+its slowest checksum, the first claim on a core.
 """
 
 import hashlib
+import os
 import queue
+import sys
 import threading
 
 DEPTH = 8  # chunks waiting at most: memory stays bounded
@@ -21,9 +25,10 @@ THREAD_ABOVE = 4 * 1024 * 1024
 
 
 class Checksummer:
-    def __init__(self, *algorithms, size_hint=None):
+    def __init__(self, *algorithms, size_hint=None, nice=0):
         self.hashes = {name: hashlib.new(name) for name in algorithms}
         self.size = 0
+        self.nice = nice if sys.platform == "linux" else 0
         self._error = None
         self._thread = None
         if size_hint is None or size_hint > THREAD_ABOVE:
@@ -32,6 +37,8 @@ class Checksummer:
             self._thread.start()
 
     def _run(self):
+        if self.nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while (data := self._queue.get()) is not None:
             try:
                 for h in self.hashes.values():

@@ -12,7 +12,7 @@ import contextlib
 import logging
 
 from . import broker, messages
-from .c4gh import BodyDecryptor, load_private_keys, session_keys
+from .c4gh import CIPHER_SEGMENT_SIZE, BodyDecryptor, load_private_keys, session_keys
 from .checksums import Checksummer
 from .logs import Progress
 from .config import ConfigError
@@ -20,7 +20,10 @@ from .errors import IntegrityError, UserError
 from .worker import main as worker_main
 
 LOG = logging.getLogger("lega.verify")
-READ_SIZE = 1024 * 1024
+READ_SIZE = 16 * CIPHER_SEGMENT_SIZE  # about 1 MiB of whole segments: nothing carried over
+# md5 is the slowest checksum (about 0.7 GB/s a core): when cores are short, the other
+# checksum threads let it go first, as it sets the pace
+SHA256_NICE = 5
 
 
 def handle(worker, ctx, message):
@@ -80,9 +83,10 @@ def decrypt_and_check(worker, file, keys):
     # the checksums run on threads of their own while this one reads and decrypts
     with contextlib.ExitStack() as threads, worker.vault.open(archive_path) as stream:
         size = file["archive_size"]
-        archived = threads.enter_context(Checksummer("sha256", size_hint=size))
-        plain = [threads.enter_context(Checksummer(kind, size_hint=size))
-                 for kind in ("sha256", "md5")]
+        archived = threads.enter_context(Checksummer("sha256", size_hint=size,
+                                                     nice=SHA256_NICE))
+        plain = [threads.enter_context(Checksummer("sha256", size_hint=size, nice=SHA256_NICE)),
+                 threads.enter_context(Checksummer("md5", size_hint=size))]
         decryptor = BodyDecryptor(keys)
         user_error = None
         progress = Progress("verifying", size, worker.config["log.progress_interval"])
