@@ -16,3 +16,6 @@ fi
 echo "venv: installing lega and its dependencies into $venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+# coverage-guided fuzzing (libFuzzer) where it installs: its tests are skipped otherwise
+"$venv/bin/python" -m pip install -q --disable-pip-version-check atheris==3.0.0 2>/dev/null \
+  || echo "venv: atheris did not install here; its fuzz tests will be skipped"

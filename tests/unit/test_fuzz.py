@@ -1,11 +1,15 @@
 """Fuzzing what submitters and Central EGA control: the Crypt4GH header and body, and
 the messages. Whatever the input, the only failure allowed is a clean UserError (the
 submitter's error), never a crash or a read beyond the bounds. Seeded with real files;
-the time budget (examples per test) keeps CI quick."""
+the time budget (examples per test, seconds for atheris) keeps CI quick."""
 
 import io
 import json
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import crypt4gh.lib
 from crypt4gh.keys import c4gh as c4gh_keys, get_private_key, get_public_key
@@ -103,3 +107,50 @@ def test_raw_messages(raw):
         messages.parse(messages.TRIGGER, raw)
     except UserError as e:
         assert e.code == "bad_message"
+
+
+# -- coverage-guided: atheris (libFuzzer), where it installs ----------------------------------
+
+ATHERIS_TARGET = Path(__file__).parent / "atheris_target.py"
+ATHERIS_SECONDS = 6  # a side: the time budget that keeps CI quick
+
+
+def message_seeds():
+    checksums = [{"type": "sha256", "value": "0" * 64}, {"type": "md5", "value": "0" * 32}]
+    return [
+        {"type": "ingest", "user": "jane", "filepath": "a/b.c4gh",
+         "encrypted_checksums": checksums[:1]},
+        {"type": "cancel", "user": "jane", "filepath": "b.c4gh"},
+        {"type": "accession", "user": "jane", "filepath": "b.c4gh",
+         "accession_id": "EGAF00000000001", "decrypted_checksums": checksums},
+        {"user": "jane", "filepath": "b.c4gh", "file_id": "3f0c4c4e-1f1b-4c83-9a4e-4b0e0c1d2e3f",
+         "archive_path": "3f/3f0c4c4e", "encrypted_checksums": checksums[:1],
+         "re_verify": False},
+    ]
+
+
+@pytest.mark.parametrize("mode", ["crypt4gh", "messages"])
+def test_atheris(seed, mode, tmp_path):
+    """libFuzzer mutates a seed corpus for a few seconds, guided by coverage; any
+    exception but a clean UserError is a crash, and fails this test with its input."""
+    pytest.importorskip("atheris", reason="atheris did not install here (scripts/venv.sh)")
+    original, keys = seed
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if mode == "crypt4gh":
+        seeds = [original, original[:200], original[:16], b"crypt4gh\x01\x00\x00\x00"]
+    else:
+        seeds = [json.dumps(m).encode() for m in message_seeds()] + [b"{}", b"[]"]
+    for i, data in enumerate(seeds):
+        (corpus / f"seed-{i}").write_bytes(data)
+    key_file = tmp_path / "key.raw"
+    key_file.write_bytes(keys[0].private_bytes_raw())
+    run = subprocess.run(
+        [sys.executable, str(ATHERIS_TARGET), mode, str(key_file),
+         f"-max_total_time={ATHERIS_SECONDS}", "-timeout=10", "-rss_limit_mb=1024",
+         f"-artifact_prefix={tmp_path}/", str(corpus)],
+        capture_output=True, text=True, timeout=ATHERIS_SECONDS + 60)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, f"atheris found a crash:\n{output[-4000:]}"
+    done = re.search(r"Done (\d+) runs", output)
+    assert done and int(done.group(1)) > 1000, output[-2000:]
