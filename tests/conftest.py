@@ -487,6 +487,21 @@ def s3_client(endpoint, access_key, secret_key):
                                       response_checksum_validation="when_required"))
 
 
+def stop_processes(processes, timeout=20):
+    """SIGTERM to every worker still running (they finish and exit), then a kill for any
+    that has not exited after ``timeout`` seconds."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session", params=["posix", "s3"])
 def stack(request, tmp_path_factory, keys):
     """The whole pipeline, once with a POSIX inbox and vault, once with S3 ones (reached
@@ -549,14 +564,7 @@ def stack(request, tmp_path_factory, keys):
         stack.wait_consuming(name)
     yield stack
 
-    for process in stack.processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in stack.processes.values():
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    stop_processes(stack.processes.values())
     cega.stop.set()
     cega.thread.join(timeout=5)
     stack.db.close()

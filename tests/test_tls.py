@@ -35,7 +35,8 @@ from lega.db import Database
 
 import seaweed
 import tlsenv
-from conftest import BIN, CentralEGA, encrypt, header_length, plaintext_checksums
+from conftest import (BIN, CentralEGA, encrypt, header_length, plaintext_checksums,
+                      stop_processes)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runuser") is None,
@@ -318,15 +319,7 @@ class Workers:
         return self.log(tag)
 
     def stop(self):
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values())
 
 
 @pytest.fixture
