@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import time
