@@ -3,6 +3,8 @@ a POSIX inbox and vault in a temporary folder, and the real worker programs
 (``ega-ingest``, ``ega-verify``, ``ega-finalize``) as subprocesses. Central EGA is played
 by the simulator's own code (``lega.cega_simulator.run``) on a thread, which records
 every message LocalEGA sends and answers accession requests unless a test says not to.
+Each worker runs as its own PostgreSQL login role and its own RabbitMQ user, made from
+the migration's group roles and from our definitions file (least privilege).
 
 ``make test`` starts the services; the URLs can be changed with LEGA_TEST_BROKER_URL and
 LEGA_TEST_DB_ADMIN_DSN.
