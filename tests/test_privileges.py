@@ -129,18 +129,28 @@ def test_a_workers_broker_user_finds_its_part_without_declaring(stack):
         connection.close()
 
 
-def test_a_worker_without_its_topology_says_what_is_missing(stack, tmp_path):
-    """A broker user that may not declare, on a broker without our definitions: the
-    worker waits and says what is missing instead of starting half-configured."""
+def test_a_worker_without_its_topology_says_what_is_missing(stack):
+    """Retry delays the definitions file was not made for, and a broker user that may
+    not declare them: the worker does not consume half-configured, it says what is
+    missing and waits (alive, not ready), and declares nothing."""
     if "verify" not in stack.broker_urls:
         pytest.skip("the workers' broker users are made with rabbitmqctl, which is not here")
-    url = stack.broker_urls["verify"]
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    process = stack.start_worker("verify", tag="verify-delays",
+                                 env={"LEGA_RETRY_DELAYS": "[0.2, 3.5]"})
     try:
-        with pytest.raises(broker.TopologyMissing) as missing:
-            broker.prepare(connection, "verify", [0.2, 3.5], user="broker user v")
+        stack.wait_log("verify-delays", "may not declare them")
+        log = (stack.root / "verify-delays.log").read_text()
+        assert "the broker has no exchange lega.retry.archived.3500ms, and broker user " \
+               "lega_test_verify may not declare them" in log
+        assert "lega.retry.archived.200ms" not in log.split("may not declare")[0]
+        assert "consuming from" not in log and process.poll() is None
+    finally:
+        process.terminate()
+        assert process.wait(timeout=20) == 0
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            connection.channel().exchange_declare("lega.retry.archived.3500ms", passive=True)
     finally:
         connection.close()
-    assert "exchange lega.retry.archived.3500ms" in str(missing.value)
-    assert "broker user v may not declare" in str(missing.value)
-    assert "lega.retry.archived.200ms" not in str(missing.value)
+    assert_good_file_completes(stack)

@@ -125,6 +125,10 @@ def test_login_role_gives_a_worker_its_own_role_from_its_dsn(tmp_path):
     assert out.returncode == 1 and "a login role of its own" in out.stderr
     out = run("ega-admin", "db", "migrate", "--login-role", f"sweeper={dsn_file}", env=env)
     assert out.returncode == 1 and "no worker 'sweeper'" in out.stderr
+    dsn_file.write_text(psycopg2.extensions.make_dsn(dsn, user="lega_test_finalize_9",
+                                                     password=""))
+    out = run(*login, env=env)
+    assert out.returncode == 1 and "names no user or no password" in out.stderr
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("DROP ROLE lega_test_finalize_9")
     conn.close()
