@@ -576,6 +576,20 @@ def stack(request, tmp_path_factory, keys):
 
 
 @pytest.fixture(autouse=True)
+def workers_running(request):
+    """Before every test on the stack: one worker of each kind runs. A test that stops
+    one restarts it itself; if it failed before it could, the next test does not fail
+    for that too."""
+    if "stack" in request.fixturenames:
+        stack = request.getfixturevalue("stack")
+        for name in WORKERS:
+            if stack.processes[name].poll() is not None:
+                stack.start_worker(name)
+                stack.wait_consuming(name)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def no_unfinished_uploads(request):
     """After every test on S3: no incomplete multipart upload is left in the vault."""
     yield

@@ -136,8 +136,10 @@ def test_sigterm_past_the_grace_period_hands_the_file_back(stack):
     before = set(stack.vault_files())
     stack.processes["ingest"].terminate()
     assert stack.processes["ingest"].wait(timeout=30) == 0
+    # small reads, so that the file takes seconds, whatever the machine's speed
     hasty = stack.start_worker("ingest", tag="ingest-hasty",
-                               env={"LEGA_WORKER_STOP_GRACE_PERIOD": "0"})
+                               env={"LEGA_WORKER_STOP_GRACE_PERIOD": "0",
+                                    "LEGA_INGEST_CHUNK_SIZE": "1024"})
     stack.wait_consuming("ingest-hasty")
     stack.trigger(user, "handed.c4gh")
     stack.wait_log("ingest-hasty", f"{user}:handed.c4gh] found in the inbox")
