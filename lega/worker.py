@@ -195,10 +195,24 @@ class Worker:
     def _on_message(self, channel, method, props, body):
         self._delivery = (method, props, body)
 
+    def _pump(self, seconds):
+        """Service the connection for up to ``seconds``. When the broker closes it
+        meanwhile, pika may raise other errors than its own (a ValueError from the
+        closed connection's timer, "Timeout closed before call"): on a closed
+        connection they mean the same, a lost broker."""
+        try:
+            self.connection.process_data_events(time_limit=seconds)
+        except broker.CONNECTION_ERRORS:
+            raise
+        except Exception as e:
+            if self.connection.is_open:
+                raise
+            raise pika.exceptions.StreamLostError(f"connection lost ({e!r})") from e
+
     def _consume(self):
         while not self.stopping.is_set():
             self.last_tick = time.monotonic()
-            self.connection.process_data_events(time_limit=1)
+            self._pump(1)
             if self._delivery is not None:
                 method, props, body = self._delivery
                 self._delivery = None
@@ -229,7 +243,7 @@ class Worker:
         try:
             while not done.is_set():
                 self.last_tick = time.monotonic()
-                self.connection.process_data_events(time_limit=0.25)
+                self._pump(0.25)
                 if self.stopping.must_hand_back(self.config["worker.stop_grace_period"]):
                     self._hand_back_and_exit(method)
         except broker.CONNECTION_ERRORS:
