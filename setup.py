@@ -16,6 +16,7 @@ setup(
             "ega-ingest=lega.ingest:main",
             "ega-verify=lega.verify:main",
             "ega-finalize=lega.finalize:main",
+            "ega-dispatch=lega.dispatch:main",
             "ega-admin=lega.admin:main",
             "ega-cega-simulator=lega.cega_simulator:main",
         ],

@@ -125,7 +125,7 @@ def one_file_command(args, config, db):
     connection, channel = broker.connect(config["broker.url"], name="ega-admin",
                                          tls=broker.tls(config))
     try:
-        broker.declare_topology(channel)
+        broker.declare_topology(channel, cega_queue=config["broker.cega_queue"])
         if args.command == "cancel":
             body = {"type": "cancel", "user": args.user, "filepath": args.filepath}
             broker.publish(channel, "", broker.FILES_QUEUE, body, file["id"])
@@ -153,7 +153,7 @@ def dead_letters_command(args, config, db):
 
     url = config["broker.url"]
     if args.dead_command == "list":
-        parked = dead_letters.list_parked(url, broker.tls(config))
+        parked = dead_letters.list_parked(url, broker.tls(config), config["broker.cega_queue"])
         if args.json:
             print(json.dumps(parked))
         elif not parked:
@@ -164,7 +164,7 @@ def dead_letters_command(args, config, db):
                   f"    message: {json.dumps(message['message'])[:300]}")
         return 0
     sent = dead_letters.requeue(url, db, None if args.all else set(args.ids),
-                                broker.tls(config))
+                                broker.tls(config), config["broker.cega_queue"])
     for message in sent:
         print(f"sent {message['id']} back to {message['queue']}")
     missing = set() if args.all else set(args.ids) - {m["id"] for m in sent}

@@ -9,6 +9,11 @@ retries with back-off, one set per worker queue (a message waits in
 ``lega.retry.<queue>.<ms>ms`` until its time-to-live runs out, then dead-letters back
 to its queue) and ``lega.dead_letters`` (an exchange and its queue), where a message
 that failed too often is parked for operators.
+
+Central EGA's federated queue (``from_cega``, SPEC 8, renamed by ``broker.cega_queue``)
+is read by dispatch, which routes each message through the ``lega`` exchange: to the
+queues ``files``, ``accession`` and ``datasets`` (bound with their own names as keys)
+or, for the metadata types, with ``metadata.<type>`` to the queue ``metadata``.
 """
 
 import json
@@ -18,6 +23,8 @@ import ssl
 
 import pika
 import pika.exceptions
+
+from .messages import METADATA_TYPES
 
 
 LOG = logging.getLogger(__name__)
@@ -29,6 +36,12 @@ ARCHIVED_QUEUE = "archived"
 ACCESSION_QUEUE = "accession"
 TO_CEGA_QUEUE = "to_cega"          # bound to cega with '#': held until shipped to Central EGA
 DEAD_LETTERS = "lega.dead_letters"
+CEGA_QUEUE = "from_cega"           # the federated queue (broker.cega_queue renames it)
+DATASETS_QUEUE = "datasets"
+METADATA_QUEUE = "metadata"        # for the node's data-distribution service
+ROUTED_QUEUES = (FILES_QUEUE, ACCESSION_QUEUE, DATASETS_QUEUE)  # keys: their names
+OWN_QUEUES = (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE, TO_CEGA_QUEUE, DEAD_LETTERS,
+              DATASETS_QUEUE, METADATA_QUEUE)
 
 # what a broken connection looks like to pika's blocking adapter
 # (pika's own: an OSError from a step, such as a full disk, is not a broker problem)
@@ -38,16 +51,28 @@ CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.Connec
                      pika.exceptions.ChannelWrongStateError)
 
 
+def metadata_key(message_type):
+    """The routing key of a metadata message on ``lega``: ``metadata.<type>``."""
+    return f"{METADATA_QUEUE}.{message_type}"
+
+
 # Each worker's share of the topology: the queue it consumes and the (topic) exchanges
 # it publishes to, with the routing keys it uses. Besides these it publishes to its own
 # retry exchanges and to lega.dead_letters, and nothing else: that is all its broker
 # user may do (permissions and topic permissions).
-WORKERS = {
-    "ingest": (FILES_QUEUE, {LEGA_EXCHANGE: ["archived"],
-                             CEGA_EXCHANGE: ["files.processing", "files.error"]}),
-    "verify": (ARCHIVED_QUEUE, {CEGA_EXCHANGE: ["files.verified", "files.error"]}),
-    "finalize": (ACCESSION_QUEUE, {CEGA_EXCHANGE: ["files.completed", "files.error"]}),
-}
+def workers(cega_queue=CEGA_QUEUE):
+    return {
+        "ingest": (FILES_QUEUE, {LEGA_EXCHANGE: ["archived"],
+                                 CEGA_EXCHANGE: ["files.processing", "files.error"]}),
+        "verify": (ARCHIVED_QUEUE, {CEGA_EXCHANGE: ["files.verified", "files.error"]}),
+        "finalize": (ACCESSION_QUEUE, {CEGA_EXCHANGE: ["files.completed", "files.error"]}),
+        "dispatch": (cega_queue, {LEGA_EXCHANGE: [*ROUTED_QUEUES, *map(metadata_key,
+                                                                       METADATA_TYPES)],
+                                  CEGA_EXCHANGE: ["files.error"]}),
+    }
+
+
+WORKERS = workers()
 
 
 class TopologyMissing(Exception):
@@ -59,14 +84,14 @@ def retry_exchange(queue, delay_seconds):
     return f"lega.retry.{queue}.{int(round(delay_seconds * 1000))}ms"
 
 
-def topology(retry_delays=()):
+def topology(retry_delays=(), cega_queue=CEGA_QUEUE):
     """Every exchange, queue and binding we use, as (exchanges, queues, bindings)."""
     exchanges = [(LEGA_EXCHANGE, "topic"), (CEGA_EXCHANGE, "topic"), (DEAD_LETTERS, "fanout")]
-    queues = [(name, {}) for name in (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE,
-                                      TO_CEGA_QUEUE, DEAD_LETTERS)]
+    queues = [(name, {}) for name in (*OWN_QUEUES, cega_queue)]
     bindings = [(ARCHIVED_QUEUE, LEGA_EXCHANGE, "archived"), (TO_CEGA_QUEUE, CEGA_EXCHANGE, "#"),
-                (DEAD_LETTERS, DEAD_LETTERS, "")]
-    for queue, _ in WORKERS.values():
+                (DEAD_LETTERS, DEAD_LETTERS, ""), (METADATA_QUEUE, LEGA_EXCHANGE, "metadata.#"),
+                *((queue, LEGA_EXCHANGE, queue) for queue in ROUTED_QUEUES)]
+    for queue, _ in workers(cega_queue).values():
         for delay in retry_delays:
             name = retry_exchange(queue, delay)
             exchanges.append((name, "fanout"))
@@ -80,9 +105,9 @@ def topology(retry_delays=()):
     return exchanges, queues, bindings
 
 
-def declare_topology(channel, retry_delays=()):
+def declare_topology(channel, retry_delays=(), cega_queue=CEGA_QUEUE):
     """Declare everything we use (durable, idempotent), so an empty broker works."""
-    exchanges, queues, bindings = topology(retry_delays)
+    exchanges, queues, bindings = topology(retry_delays, cega_queue)
     for name, kind in exchanges:
         channel.exchange_declare(name, kind, durable=True)
     for name, arguments in queues:
@@ -91,18 +116,18 @@ def declare_topology(channel, retry_delays=()):
         channel.queue_bind(queue, exchange, routing_key=routing_key)
 
 
-def needs(worker, retry_delays):
+def needs(worker, retry_delays, cega_queue=CEGA_QUEUE):
     """What a worker uses, as (queues, exchanges)."""
-    queue, publishes = WORKERS[worker]
+    queue, publishes = workers(cega_queue)[worker]
     return [queue], [*publishes, DEAD_LETTERS] + [retry_exchange(queue, d) for d in retry_delays]
 
 
-def prepare(connection, worker, retry_delays, user="this user"):
+def prepare(connection, worker, retry_delays, user="this user", cega_queue=CEGA_QUEUE):
     """Make sure what ``worker`` uses exists. A broker loaded with the definitions file
     is only checked (passively: a worker's own broker user may not declare anything);
     on an empty one the whole topology is declared, which needs a user allowed to
     (``configure`` permission), else :class:`TopologyMissing` names what is missing."""
-    queues, exchanges = needs(worker, retry_delays)
+    queues, exchanges = needs(worker, retry_delays, cega_queue)
     missing = []
     channel = connection.channel()
     for kind, name in [("queue", q) for q in queues] + [("exchange", x) for x in exchanges]:
@@ -119,7 +144,7 @@ def prepare(connection, worker, retry_delays, user="this user"):
     if missing:
         LOG.info("declaring the topology (missing: %s)", ", ".join(missing))
         try:
-            declare_topology(channel, retry_delays)
+            declare_topology(channel, retry_delays, cega_queue)
         except pika.exceptions.ChannelClosedByBroker as e:
             if e.reply_code != 403:
                 raise
@@ -135,39 +160,40 @@ def user_name(worker, prefix="lega-"):
     return f"{prefix}{worker}"
 
 
-def permissions(worker, vhost="/", prefix="lega-"):
+def permissions(worker, vhost="/", prefix="lega-", cega_queue=CEGA_QUEUE):
     """The broker permissions of a worker's own user: read its queue, write to the
     exchanges it publishes to, its retry exchanges and lega.dead_letters; declare or
     delete nothing."""
-    queue, publishes = WORKERS[worker]
+    queue, publishes = workers(cega_queue)[worker]
     written = [re.escape(x) for x in [*publishes, DEAD_LETTERS]]
     written.append(re.escape(f"lega.retry.{queue}.") + r"[0-9]+ms")
     return {"user": user_name(worker, prefix), "vhost": vhost, "configure": "^$",
             "write": f"^({'|'.join(written)})$", "read": f"^{re.escape(queue)}$"}
 
 
-def topic_permissions(worker, vhost="/", prefix="lega-"):
+def topic_permissions(worker, vhost="/", prefix="lega-", cega_queue=CEGA_QUEUE):
     """On each topic exchange a worker publishes to, only the routing keys it uses (so
     ingest cannot tell Central EGA a file is completed)."""
-    _, publishes = WORKERS[worker]
+    _, publishes = workers(cega_queue)[worker]
     return [{"user": user_name(worker, prefix), "vhost": vhost, "exchange": exchange,
              "write": f"^({'|'.join(re.escape(k) for k in keys)})$", "read": "^$"}
             for exchange, keys in publishes.items()]
 
 
-def definitions(retry_delays, vhost="/", user_prefix="lega-"):
+def definitions(retry_delays, vhost="/", user_prefix="lega-", cega_queue=CEGA_QUEUE):
     """The topology as a RabbitMQ definitions file (deploy/rabbitmq-definitions.json),
     with a user per worker and its permissions. The users have no password here (they
     cannot log in): a second definitions file, kept secret, sets their passwords."""
-    exchanges, queues, bindings = topology(retry_delays)
+    exchanges, queues, bindings = topology(retry_delays, cega_queue)
     return {
         "vhosts": [{"name": vhost}],
         "users": [{"name": user_name(worker, user_prefix), "password_hash": "",
                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}
                   for worker in WORKERS],
-        "permissions": [permissions(worker, vhost, user_prefix) for worker in WORKERS],
+        "permissions": [permissions(worker, vhost, user_prefix, cega_queue)
+                        for worker in WORKERS],
         "topic_permissions": [p for worker in WORKERS
-                              for p in topic_permissions(worker, vhost, user_prefix)],
+                              for p in topic_permissions(worker, vhost, user_prefix, cega_queue)],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True,
                        "auto_delete": False, "internal": False, "arguments": {}}
                       for name, kind in exchanges],
@@ -254,13 +280,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m lega.broker",
         description="print the RabbitMQ definitions (topology, users, permissions)")
-    parser.add_argument("--conf", help="configuration file (its retry.delays are used)")
+    parser.add_argument("--conf", help="configuration file (its retry.delays and "
+                                       "broker.cega_queue are used)")
     parser.add_argument("--vhost", default="/", help="the virtual host (default /)")
     parser.add_argument("--user-prefix", default="lega-",
                         help="the workers' users are <prefix>ingest... (default lega-)")
     args = parser.parse_args(argv)
-    delays = lega_config.load(args.conf)["retry.delays"]
-    print(json.dumps(definitions(delays, args.vhost, args.user_prefix), indent=2))
+    config = lega_config.load(args.conf)
+    print(json.dumps(definitions(config["retry.delays"], args.vhost, args.user_prefix,
+                                 config["broker.cega_queue"]), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
 """A stand-in for Central EGA, for the demo and the tests (``ega-cega-simulator``).
 
-    ega-cega-simulator run [--no-accessions]   play Central EGA until stopped
-    ega-cega-simulator ingest USER FILEPATH    ask LocalEGA to ingest a file
-    ega-cega-simulator cancel USER FILEPATH    ask LocalEGA to cancel it
+    ega-cega-simulator [--federated] run [--no-accessions] [--heartbeat SECONDS]
+                                               play Central EGA until stopped
+    ega-cega-simulator [--federated] ingest USER FILEPATH   ask LocalEGA to ingest a file
+    ega-cega-simulator [--federated] cancel USER FILEPATH   ask LocalEGA to cancel it
+    ega-cega-simulator send MESSAGE_JSON       send any message to the federated queue
 
 ``run`` reads what LocalEGA sends to Central EGA (the ``to_cega`` queue, bound to the
 ``cega`` exchange), prints each message, and answers every ``files.verified`` with an
-accession ID (``EGAF`` + 11 digits) on the ``accession`` queue, as Central EGA does.
-With ``--no-accessions`` it only prints. In production a shovel or federation link
-ships ``to_cega`` to the real Central EGA instead, and this program is not run.
+accession ID (``EGAF`` + 11 digits), as Central EGA does. With ``--no-accessions`` it
+only prints. In production a shovel or federation link ships ``to_cega`` to the real
+Central EGA instead, and this program is not run.
+
+Central EGA's messages go to the queues ``files`` and ``accession`` of the design
+document, or, with ``--federated``, as today's Central EGA sends them: every message,
+with its ``type``, to the federated queue (``broker.cega_queue``, ``from_cega``), where
+``ega-dispatch`` routes them; ``run --federated --heartbeat 60`` also sends a heartbeat
+a minute.
 """
 
 import argparse
@@ -54,15 +62,21 @@ def printer(out):
 
 
 def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE,
-        should_stop=lambda: False, tls=None):
-    """Consume what LocalEGA sends; answer the accession requests ``answer`` accepts."""
+        should_stop=lambda: False, tls=None, federated=None, heartbeat=0):
+    """Consume what LocalEGA sends; answer the accession requests ``answer`` accepts,
+    on the ``accession`` queue, or on the federated queue ``federated`` when given
+    (which then also gets a heartbeat every ``heartbeat`` seconds, if not 0)."""
     connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
-    broker.declare_topology(channel)
+    broker.declare_topology(channel, cega_queue=federated or broker.CEGA_QUEUE)
     channel.basic_qos(prefetch_count=10)
+    next_heartbeat = time.monotonic()
     try:
         for method, props, body in channel.consume(queue, inactivity_timeout=0.2):
             if should_stop():
                 break
+            if federated and heartbeat and time.monotonic() >= next_heartbeat:
+                broker.publish(channel, "", federated, {"type": "heartbeat"}, str(uuid.uuid4()))
+                next_heartbeat = time.monotonic() + heartbeat
             if method is None:
                 continue
             try:
@@ -73,7 +87,8 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             if (method.routing_key == "files.verified" and isinstance(message, dict)
                     and answer(message)):
                 reply = accession_for(message, props.correlation_id)
-                broker.publish(channel, "", broker.ACCESSION_QUEUE, reply, props.correlation_id)
+                broker.publish(channel, "", federated or broker.ACCESSION_QUEUE, reply,
+                               props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
                          reply["filepath"])
             channel.basic_ack(method.delivery_tag)
@@ -85,11 +100,11 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             LOG.debug("closing: %r", e)
 
 
-def send(url, queue, body, tls=None):
+def send(url, queue, body, tls=None, cega_queue=broker.CEGA_QUEUE):
     """Send one message as Central EGA does (persistent JSON, confirmed)."""
     connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
     try:
-        broker.declare_topology(channel)
+        broker.declare_topology(channel, cega_queue=cega_queue)
         broker.publish(channel, "", queue, body, str(uuid.uuid4()))
     finally:
         connection.close()
@@ -98,15 +113,25 @@ def send(url, queue, body, tls=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ega-cega-simulator",
                                      description="A stand-in for Central EGA")
-    parser.add_argument("--conf", help="configuration file (its broker.url is used)")
+    parser.add_argument("--conf", help="configuration file (its broker.url and "
+                                       "broker.cega_queue are used)")
+    parser.add_argument("--federated", action="store_true",
+                        help="send as today's Central EGA does: every message, with its "
+                             "type, to the federated queue (broker.cega_queue)")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="play Central EGA until stopped")
     run_parser.add_argument("--no-accessions", action="store_true",
                             help="only print the messages, never answer with an accession ID")
+    run_parser.add_argument("--heartbeat", type=float, default=0, metavar="SECONDS",
+                            help="with --federated: send a heartbeat this often (0: never)")
     for command in ("ingest", "cancel"):
         p = sub.add_parser(command, help=f"ask LocalEGA to {command} a file")
         p.add_argument("user")
         p.add_argument("filepath")
+    send_parser = sub.add_parser("send", help="send one message (JSON with its type) to "
+                                              "the federated queue")
+    send_parser.add_argument("message", help='e.g. \'{"type": "release", "dataset_id": '
+                                             '"EGAD00000000001"}\'')
     args = parser.parse_args(argv)
     try:
         config = lega_config.load(args.conf)
@@ -115,13 +140,24 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=config["log.level"], format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
-    url = config["broker.url"]
+    url, cega_queue = config["broker.url"], config["broker.cega_queue"]
+    federated = cega_queue if args.federated else None
 
     if args.command in ("ingest", "cancel"):
-        send(url, broker.FILES_QUEUE,
+        send(url, federated or broker.FILES_QUEUE,
              {"type": args.command, "user": args.user, "filepath": args.filepath},
-             tls=broker.tls(config))
-        print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}")
+             tls=broker.tls(config), cega_queue=cega_queue)
+        print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}"
+              + (f" (to {cega_queue})" if federated else ""))
+        return 0
+    if args.command == "send":
+        try:
+            message = json.loads(args.message)
+        except ValueError as e:
+            print(f"ega-cega-simulator: the message is not JSON: {e}", file=sys.stderr)
+            return 2
+        send(url, cega_queue, message, tls=broker.tls(config), cega_queue=cega_queue)
+        print(f"Central EGA sent a message to {cega_queue}")
         return 0
 
     stop = []
@@ -130,7 +166,8 @@ def main(argv=None):
     while not stop:
         try:
             run(url, printer(sys.stdout), answer=lambda request: not args.no_accessions,
-                should_stop=lambda: bool(stop), tls=broker.tls(config))
+                should_stop=lambda: bool(stop), tls=broker.tls(config), federated=federated,
+                heartbeat=args.heartbeat)
         except broker.CONNECTION_ERRORS as e:
             LOG.warning("broker connection lost (%s); reconnecting", e.__class__.__name__)
             time.sleep(2)

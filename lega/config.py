@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from . import broker
+
 S3_DEFAULTS = {
     "endpoint": "",        # empty: AWS itself
     "bucket": "",
@@ -40,6 +42,14 @@ DEFAULTS = {
         "ca_bundle": "",
         "client_cert": "",
         "client_key": "",
+        # the federated queue Central EGA fills with every message for this node
+        # (SPEC 8), consumed by ega-dispatch
+        "cega_queue": "from_cega",
+    },
+    "cega": {
+        # files.processing is not part of today's federated interface (Central EGA
+        # drops it): false stops sending it
+        "send_processing": True,
     },
     "db": {
         "dsn": "postgresql://lega:lega@127.0.0.1:5432/lega",
@@ -278,6 +288,13 @@ def _check(config):
             raise ConfigError(f"{setting}: no such file {config[setting]}")
     if bool(config["broker.client_cert"]) != bool(config["broker.client_key"]):
         raise ConfigError("broker.client_cert and broker.client_key: give both or neither")
+    cega_queue = config["broker.cega_queue"]
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", cega_queue):
+        raise ConfigError("broker.cega_queue: a queue name (letters, digits, . _ : -), got "
+                          f"{cega_queue!r}")
+    if cega_queue in broker.OWN_QUEUES or cega_queue.startswith("lega."):
+        raise ConfigError(f"broker.cega_queue: {cega_queue} is one of our own queues; name "
+                          "the queue Central EGA's messages arrive in (from_cega)")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
     for store in ("inbox", "vault"):

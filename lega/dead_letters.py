@@ -10,7 +10,7 @@ and puts its file back in the status it had before it was parked.
 
 import json
 
-from . import broker
+from . import broker, messages
 from .worker import ATTEMPTS_HEADER, PARKED
 
 
@@ -36,8 +36,10 @@ def describe(props, body):
     headers = props.headers or {}
     try:
         shown = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         shown = body.decode("utf-8", "replace")
+    if isinstance(shown, dict) and messages.holds_secrets(shown):
+        shown = messages.redacted(shown)  # the message itself is kept whole
     deaths = headers.get("x-death") or []
     return {
         "id": props.message_id,
@@ -51,21 +53,21 @@ def describe(props, body):
     }
 
 
-def list_parked(url, tls=None):
+def list_parked(url, tls=None, cega_queue=broker.CEGA_QUEUE):
     connection, channel = broker.connect(url, name="ega-admin", tls=tls)
     try:
-        broker.declare_topology(channel)
+        broker.declare_topology(channel, cega_queue=cega_queue)
         return [describe(props, body) for _, props, body in _fetch_all(channel)]
     finally:
         connection.close()
 
 
-def requeue(url, db, ids=None, tls=None):
+def requeue(url, db, ids=None, tls=None, cega_queue=broker.CEGA_QUEUE):
     """Send back the parked messages with these ids (all if None); returns them."""
     connection, channel = broker.connect(url, name="ega-admin", tls=tls)
     sent = []
     try:
-        broker.declare_topology(channel)
+        broker.declare_topology(channel, cega_queue=cega_queue)
         for method, props, body in _fetch_all(channel):
             if ids is not None and props.message_id not in ids:
                 continue

@@ -24,10 +24,12 @@ FILE_CHANGED = "file_changed"
 class UserError(Exception):
     """The file or the message is at fault; the reason is shown to the submitter."""
 
-    def __init__(self, code, reason):
+    def __init__(self, code, reason, reportable=True):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        # False for a message whose original must not be sent back (it holds secrets)
+        self.reportable = reportable
 
 
 class NotReady(Exception):

@@ -4,7 +4,8 @@
 - ``/ready``: it can work: connected to the broker, the database answers, the vault
   can be used (503 with what is missing, otherwise 200);
 - ``/metrics``: Prometheus metrics: messages by queue and outcome, seconds and bytes
-  per step, files in flight, retries and dead letters.
+  per step, files in flight, retries and dead letters; for dispatch, the messages
+  routed by type and the time of Central EGA's last heartbeat.
 """
 
 import json
@@ -34,31 +35,40 @@ IN_FLIGHT = prometheus_client.Gauge("lega_files_in_flight", "Files being worked 
 RETRIES = prometheus_client.Counter(
     "lega_retries", "Messages sent back to their queue for another try", ["queue"])
 DEAD_LETTERS = prometheus_client.Counter(
-    "lega_dead_letters", "Messages parked for operators after too many tries", ["queue"])
+    "lega_dead_letters", "Messages parked for operators (too many tries, or not valid)",
+    ["queue"])
+DISPATCHED = prometheus_client.Counter(
+    "lega_dispatched", "Messages from Central EGA's federated queue routed, by type", ["type"])
+HEARTBEAT = prometheus_client.Gauge(
+    "lega_cega_heartbeat_timestamp_seconds",
+    "When the last heartbeat from Central EGA arrived (Unix time; 0: none since start)")
 
 
 def readiness(worker):
-    """{what: "ok" or why not}, for the broker, the database and the vault."""
+    """{what: "ok" or why not}, for the broker, the database and the vault (those of
+    them the worker uses)."""
     checks = {}
     connection = worker.connection
     checks["broker"] = "ok" if connection is not None and connection.is_open else \
         "not connected (waiting for the broker)"
-    try:
-        conn = psycopg2.connect(worker.config["db.dsn"], connect_timeout=3)
+    if worker.db is not None:
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-        finally:
-            conn.close()
-        checks["database"] = "ok"
-    except Exception as e:
-        checks["database"] = redact(str(e).strip().splitlines()[0] if str(e).strip()
-                                    else e.__class__.__name__)
-    try:
-        worker.vault.check()
-        checks["vault"] = "ok"
-    except Exception as e:
-        checks["vault"] = redact(f"{e.__class__.__name__}: {e}")
+            conn = psycopg2.connect(worker.config["db.dsn"], connect_timeout=3)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            finally:
+                conn.close()
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = redact(str(e).strip().splitlines()[0] if str(e).strip()
+                                        else e.__class__.__name__)
+    if worker.vault is not None:
+        try:
+            worker.vault.check()
+            checks["vault"] = "ok"
+        except Exception as e:
+            checks["vault"] = redact(f"{e.__class__.__name__}: {e}")
     return checks
 
 

@@ -1,7 +1,8 @@
 """ingest (``ega-ingest``): from the user's inbox into the vault.
 
 For each message on the ``files`` queue, if the file is found in the inbox, Central EGA
-is told that ingestion started. The worker reads the Crypt4GH header off the file and
+is told that ingestion started (unless ``cega.send_processing`` is off: today's Central
+EGA drops that message). The worker reads the Crypt4GH header off the file and
 puts it in the database, and streams the remainder (the encrypted body) to the vault,
 checksumming as it goes. No decryption key is used in this step. When the body is in
 the vault, the file is handed over to verify on the ``archived`` queue.
@@ -40,8 +41,10 @@ def ingest(worker, ctx, trigger):
     with upload, contextlib.ExitStack() as threads:
         LOG.info("found in the inbox (%d bytes): ingestion starts", size)
         ctx.bytes = size
-        ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
-                    {"user": user, "filepath": filepath, "status": "processing"}, wait=False)
+        if worker.config["cega.send_processing"]:  # not part of today's interface
+            ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
+                        {"user": user, "filepath": filepath, "status": "processing"},
+                        wait=False)
 
         # checksums on threads of their own, while this one reads and writes: the whole
         # upload's sha256 (and md5 only when Central EGA gave one to compare), the body's

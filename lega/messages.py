@@ -24,6 +24,27 @@ PROCESSING = "ingestion-processing"
 ACCESSION_REQUEST = "ingestion-accession-request"
 COMPLETION = "ingestion-completion"
 ERROR = "error"
+FEDERATED = "federated"  # any message on from_cega: validated by the schema of its type
+
+# SPEC 8: the schema of each type Central EGA sends through the federated queue
+DATASET_TYPES = {"mapping": "dataset-mapping", "release": "dataset-release",
+                 "deprecate": "dataset-deprecate"}
+# passed on unchanged; their contents (password hashes, e-mail addresses, keys) are
+# never shown: a complaint about one names where, never what
+METADATA_TYPES = {
+    "permission": "dataset-permission",
+    "permission.deleted": "dataset-permission-deleted",
+    "dac": "dac-information",
+    "dac.dataset": "dac-dataset-mapping",
+    "dac.members": "dac-members",
+    "password.updated": "user-password-updated",
+    "contact.updated": "user-contact-updated",
+    "keys.updated": "user-keys-updated",
+}
+HEARTBEAT = "heartbeat"  # no schema: only its time matters
+FEDERATED_TYPES = {"ingest": TRIGGER, "cancel": TRIGGER, "accession": ACCESSION,
+                   **DATASET_TYPES, **METADATA_TYPES, HEARTBEAT: None}
+SECRET_FIELDS = {"password_hash", "email", "keys", "key"}
 
 
 @lru_cache(maxsize=None)
@@ -42,17 +63,22 @@ def validator(kind):
     return jsonschema.Draft7Validator(schema, registry=_registry())
 
 
-def _first_problem(kind, body):
+def _first_problem(kind, body, show_values=True):
     errors = sorted(validator(kind).iter_errors(body), key=lambda e: list(e.absolute_path))
     if not errors:
         return None
     error = errors[0]
     where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    if show_values or error.validator == "required":  # that one names a field, no value
+        what = error.message
+    else:  # jsonschema's own sentence starts with the value at fault
+        what = f"fails {error.validator} {json.dumps(error.validator_value)[:200]}"
+    return f"{where}: {what}" if where else what
 
 
 def parse(kind, raw):
-    """Decode and validate an incoming message; a bad one is the sender's error."""
+    """Decode and validate an incoming message; a bad one is the sender's error. A
+    ``FEDERATED`` message is validated against the schema of its ``type``."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         body = json.loads(text)
@@ -60,9 +86,43 @@ def parse(kind, raw):
         raise UserError(BAD_MESSAGE, f"The message is not valid JSON ({e}).") from None
     if not isinstance(body, dict):
         raise UserError(BAD_MESSAGE, "The message is not a JSON object.")
-    problem = _first_problem(kind, body)
+    secret = False
+    if kind == FEDERATED:
+        kind = federated_kind(body)
+        if kind is None:
+            return body
+        secret = kind in METADATA_TYPES.values()
+    problem = _first_problem(kind, body, show_values=not secret)
     if problem:
-        raise UserError(BAD_MESSAGE, f"The message is not a valid {kind} message: {problem}.")
+        raise UserError(BAD_MESSAGE, f"The message is not a valid {kind} message: {problem}.",
+                        reportable=not secret)
+    return body
+
+
+def federated_kind(body):
+    """The schema a message of the federated queue must match, by its ``type`` (None
+    for a heartbeat); a missing or unknown type is the sender's error."""
+    kind = body.get("type")
+    if not isinstance(kind, str) or kind not in FEDERATED_TYPES:
+        shown = json.dumps(kind)[:100] if "type" in body else "none"
+        raise UserError(BAD_MESSAGE, f"The message type is {shown}, not one of "
+                                     f"{', '.join(FEDERATED_TYPES)}.")
+    return FEDERATED_TYPES[kind]
+
+
+def holds_secrets(body):
+    """A metadata message: its contents are never logged nor sent back."""
+    kind = body.get("type")
+    return isinstance(kind, str) and kind in METADATA_TYPES
+
+
+def redacted(body):
+    """The message with its secret fields (password hashes, e-mail addresses, keys)
+    hidden, for showing to operators."""
+    if isinstance(body, dict):
+        return {k: "***" if k in SECRET_FIELDS else redacted(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [redacted(item) for item in body]
     return body
 
 

@@ -5,7 +5,8 @@ header from the database and decrypts it with the archive's private key (any of 
 several keys may be configured, for rotation). It checks that the vault object is the
 one ingest recorded (its size and sha256), decrypts every segment of it, and computes
 the size, sha256 and md5 of the original file. Those are recorded, and Central EGA is
-asked for an accession ID on ``files.verified``, with the checksums of the original.
+asked for an accession ID on ``files.verified``, with the checksums of the original
+(and those of the upload, as today's Central EGA expects).
 """
 
 import contextlib
@@ -122,11 +123,17 @@ def _decrypt(step, chunk, checksummers):
 
 
 def request_accession(ctx, file, decrypted):
+    """``files.verified``, with the upload's checksums too, as today's Central EGA
+    expects."""
+    uploaded = ctx.worker.db.checksums(file["id"], "uploaded")
     ctx.to_cega("files.verified", messages.ACCESSION_REQUEST, {
+        "type": "verified",
         "user": file["submission_user"],
         "filepath": file["filepath"],
         "decrypted_checksums": messages.checksums(sha256=decrypted["sha256"],
                                                   md5=decrypted["md5"]),
+        "encrypted_checksums": messages.checksums(sha256=uploaded["sha256"],
+                                                  md5=uploaded.get("md5")),
     })
 
 

@@ -17,6 +17,10 @@ How a step can end:
   queue after a growing delay; past ``retry.max_attempts`` it is parked in
   ``lega.dead_letters`` and the file gets the ``error`` status for operators (Central
   EGA is not told the submitter did something wrong).
+
+A worker made with ``park_bad_messages`` (dispatch, on the federated queue) parks a
+message that is not valid at once, with the reason, instead: it is no file's, and
+Central EGA gets a ``files.error`` only when the message names a user and a filepath.
 """
 
 import contextvars
@@ -75,15 +79,19 @@ class Context:
         logs.set_about(file_id=self.file_id, correlation_id=self.correlation_id,
                        user=self.user, filepath=self.filepath)
 
+    def about_body(self, body):
+        """Say which user and filepath a message names (not for the metadata types,
+        whose user may be an e-mail address: those are never logged)."""
+        if isinstance(body, dict) and not messages.holds_secrets(body):
+            self.about(*(body.get(k) if isinstance(body.get(k), str) else None
+                         for k in ("user", "filepath")))
+
     def about_from_raw(self):
         """For a message that failed validation: whatever user and filepath it names."""
         try:
-            body = json.loads(self.raw_text)
-        except ValueError:
+            self.about_body(json.loads(self.raw_text))
+        except (ValueError, RecursionError):
             return
-        if isinstance(body, dict):
-            self.about(*(body.get(k) if isinstance(body.get(k), str) else None
-                         for k in ("user", "filepath")))
 
     def publish(self, exchange, routing_key, kind, body, wait=True):
         """Validate and publish, confirmed by the broker, correlated with the file. With
@@ -96,6 +104,12 @@ class Context:
 
     def to_cega(self, routing_key, kind, body, wait=True):
         self.publish(broker.CEGA_EXCHANGE, routing_key, kind, body, wait)
+
+    def forward(self, exchange, routing_key):
+        """Pass the message on as it came (already validated), with its correlation id,
+        confirmed by the broker."""
+        self.worker.publish_threadsafe(exchange, routing_key, self.raw,
+                                       self.incoming_correlation_id)
 
     def settle(self):
         """Wait for the confirms of what was published without waiting."""
@@ -122,15 +136,17 @@ class Publication:
 class Worker:
     """Runs one step (``handle(worker, ctx, body)``) over the messages of one queue."""
 
-    def __init__(self, name, queue, kind, handle, config, vault=None, stopping=None):
+    def __init__(self, name, queue, kind, handle, config, vault=None, stopping=None,
+                 database=True, park_bad_messages=False):
         self.name = name
         self.queue = queue
         self.kind = kind
         self.handle = handle
         self.config = config
         self.vault = vault
+        self.park_bad_messages = park_bad_messages
         self.ident = f"{name}@{socket.gethostname()}:{os.getpid()}"
-        self.db = Database(config["db.dsn"], worker=self.ident)
+        self.db = Database(config["db.dsn"], worker=self.ident) if database else None
         self.delays = [float(d) for d in config["retry.delays"]]
         self.max_attempts = config["retry.max_attempts"]
         self.stopping = stopping or Stop()
@@ -163,7 +179,8 @@ class Worker:
                 delay = min(delay * 2, self.config["broker.reconnect_max_delay"])
             finally:
                 self._close()
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
         LOG.info("%s stopped", self.ident)
 
     def _connect(self):
@@ -172,7 +189,8 @@ class Worker:
             self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
             broker.tls(self.config))
         broker.prepare(self.connection, self.name, self.delays,
-                       f"broker user {broker.username(self.config['broker.url'])}")
+                       f"broker user {broker.username(self.config['broker.url'])}",
+                       self.config["broker.cega_queue"])
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
         LOG.info("%s consuming from %s", self.ident, self.queue)
@@ -308,13 +326,18 @@ class Worker:
             try:
                 try:
                     body = messages.parse(self.kind, ctx.raw)
-                except UserError:
+                except UserError as e:
                     ctx.about_from_raw()
+                    if self.park_bad_messages:
+                        return self.park_bad_message(ctx, e)
                     raise
-                ctx.about(user=body.get("user"), filepath=body.get("filepath"))
-                LOG.info("received %s (correlation id %s, attempt %d%s)", self.kind,
-                         ctx.incoming_correlation_id, ctx.attempt,
-                         ", redelivered" if ctx.redelivered else "")
+                ctx.about_body(body)
+                kind = body.get("type") if self.kind == messages.FEDERATED else self.kind
+                # a heartbeat a minute is not worth a line of its own but at debug level
+                LOG.log(logging.DEBUG if kind == messages.HEARTBEAT else logging.INFO,
+                        "received %s (correlation id %s, attempt %d%s)", kind,
+                        ctx.incoming_correlation_id, ctx.attempt,
+                        ", redelivered" if ctx.redelivered else "")
                 self.handle(self, ctx, body)
                 ctx.settle()
             except UserError as e:
@@ -348,13 +371,38 @@ class Worker:
         that did not get to record it would have put it."""
         self.vault.delete(file["archive_path"] or self.vault.path_for(file["id"]))
 
-    def retry_later(self, ctx, error, quiet=False):
-        """Our side's trouble: back to the queue after a delay, or parked after the limit."""
-        reason = f"{error.__class__.__name__}: {error}"
+    def park_bad_message(self, ctx, error):
+        """A message that is not valid, on a queue where no file answers for it: parked
+        with the reason, never retried; Central EGA is told only when it names the user
+        and the file (and holds no secrets)."""
+        LOG.warning("%s: %s; parking the message in %s", error.code, error.reason,
+                    broker.DEAD_LETTERS)
+        self.park(ctx, f"{error.code}: {error.reason}", wait=False)
+        if error.reportable and ctx.user and ctx.filepath:
+            self.report_user_error(ctx, error)
+        ctx.outcome = "parked"
+        ctx.settle()
+
+    def _failure_headers(self, ctx, reason):
         headers = {**ctx.headers, ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
                    "x-lega-queue": self.queue}
         if ctx.file_id:
             headers["x-lega-file-id"] = ctx.file_id
+        return headers
+
+    def park(self, ctx, reason, wait=True):
+        """Into lega.dead_letters, with the reason, for operators."""
+        publication = self.publish_threadsafe(
+            broker.DEAD_LETTERS, self.queue, ctx.raw, ctx.incoming_correlation_id,
+            self._failure_headers(ctx, reason), message_id=uuid.uuid4().hex, wait=wait)
+        if not wait:
+            ctx.unsettled.append(publication)
+        ctx.outcome = "parked"
+        health.DEAD_LETTERS.labels(self.queue).inc()
+
+    def retry_later(self, ctx, error, quiet=False):
+        """Our side's trouble: back to the queue after a delay, or parked after the limit."""
+        reason = f"{error.__class__.__name__}: {error}"
         if ctx.attempt < self.max_attempts:
             delay = self.delays[min(ctx.attempt, len(self.delays)) - 1]
             if quiet:
@@ -365,17 +413,14 @@ class Worker:
                           delay, ctx.attempt, self.max_attempts,
                           "".join(traceback.format_exception(error)).rstrip())
             self.publish_threadsafe(broker.retry_exchange(self.queue, delay), self.queue, ctx.raw,
-                                    ctx.incoming_correlation_id, headers)
+                                    ctx.incoming_correlation_id,
+                                    self._failure_headers(ctx, reason))
             ctx.outcome = "retried"
             health.RETRIES.labels(self.queue).inc()
             return
         LOG.error("failed %d times (%s); parking the message in %s for operators",
                   ctx.attempt, reason, broker.DEAD_LETTERS)
-        self.publish_threadsafe(broker.DEAD_LETTERS, self.queue, ctx.raw,
-                                ctx.incoming_correlation_id,
-                                headers, message_id=uuid.uuid4().hex)
-        ctx.outcome = "parked"
-        health.DEAD_LETTERS.labels(self.queue).inc()
+        self.park(ctx, reason)
         if ctx.file_id:
             self.db.set_error(ctx.file_id, ctx, PARKED,
                               f"parked after {ctx.attempt} attempts: {reason}",
@@ -437,8 +482,11 @@ def wait_until_usable(what, check, config, should_stop):
             delay = min(delay * 2, config["broker.reconnect_max_delay"])
 
 
-def main(name, queue, kind, handle, argv=None, prepare=None):
-    """Command-line entry of a worker: ``ega-<name> [--conf PATH]``."""
+def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, database=True,
+         park_bad_messages=False):
+    """Command-line entry of a worker: ``ega-<name> [--conf PATH]``. ``queue`` is a
+    queue's name, or a setting naming it (``broker.cega_queue``); a worker without
+    ``vault`` or ``database`` neither opens nor waits for them."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"ega-{name}", description=f"LocalEGA {name} worker")
@@ -449,13 +497,16 @@ def main(name, queue, kind, handle, argv=None, prepare=None):
     try:
         config = lega_config.load(args.conf)
         logs.setup(config["log.level"], config["log.format"], name)
-        vault = lega_vault.from_config(config)
-        worker = Worker(name, queue, kind, handle, config, vault=vault, stopping=stopping)
+        queue = config[queue] if queue.startswith("broker.") else queue
+        store = lega_vault.from_config(config) if vault else None
+        worker = Worker(name, queue, kind, handle, config, vault=store, stopping=stopping,
+                        database=database, park_bad_messages=park_bad_messages)
         if prepare is not None:
             prepare(worker)
         if config["worker.health_port"]:
             health.serve(worker, config["worker.health_address"], config["worker.health_port"])
-        wait_until_usable("the vault", vault.check, config, worker._waiting)
+        if store is not None:
+            wait_until_usable("the vault", store.check, config, worker._waiting)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
         return 2

@@ -184,16 +184,27 @@ def test_deeply_nested_json_is_a_bad_message():
 # -- check_outgoing ---------------------------------------------------------------------
 
 def test_check_outgoing_returns_valid_body():
-    body = {"user": "alice", "filepath": "sample.c4gh",
-            "decrypted_checksums": messages.checksums(sha256=SHA256, md5=MD5)}
+    body = {"type": "verified", "user": "alice", "filepath": "sample.c4gh",
+            "decrypted_checksums": messages.checksums(sha256=SHA256, md5=MD5),
+            "encrypted_checksums": messages.checksums(sha256=SHA256)}
     assert messages.check_outgoing(messages.ACCESSION_REQUEST, body) is body
 
 
 @pytest.mark.parametrize("kind, body", [
+    (messages.ACCESSION_REQUEST, {"type": "verified", "user": "alice", "filepath": "x.c4gh",
+                                  "decrypted_checksums": messages.checksums(sha256=SHA256),
+                                  "encrypted_checksums": messages.checksums(sha256=SHA256)}),
+    (messages.ACCESSION_REQUEST, {"type": "verified", "user": "alice", "filepath": "x.c4gh",
+                                  "decrypted_checksums": messages.checksums(md5=MD5),
+                                  "encrypted_checksums": messages.checksums(sha256=SHA256)}),
+    # today's Central EGA expects the type and the upload's checksums too
     (messages.ACCESSION_REQUEST, {"user": "alice", "filepath": "sample.c4gh",
-                                  "decrypted_checksums": messages.checksums(sha256=SHA256)}),
-    (messages.ACCESSION_REQUEST, {"user": "alice", "filepath": "sample.c4gh",
-                                  "decrypted_checksums": messages.checksums(md5=MD5)}),
+                                  "decrypted_checksums": messages.checksums(sha256=SHA256,
+                                                                            md5=MD5),
+                                  "encrypted_checksums": messages.checksums(sha256=SHA256)}),
+    (messages.ACCESSION_REQUEST, {"type": "verified", "user": "alice", "filepath": "x.c4gh",
+                                  "decrypted_checksums": messages.checksums(sha256=SHA256,
+                                                                            md5=MD5)}),
     (messages.COMPLETION, {"user": "alice", "filepath": "sample.c4gh", "accession_id": "",
                            "decrypted_checksums": messages.checksums(sha256=SHA256, md5=MD5)}),
     (messages.PROCESSING, {"user": "alice", "filepath": "sample.c4gh", "status": "done"}),
@@ -290,9 +301,11 @@ def test_fega_and_we_agree_on_a_bad_checksum():
 def our_accession_request():
     # as verify.request_accession builds it
     return messages.check_outgoing(messages.ACCESSION_REQUEST, {
+        "type": "verified",
         "user": "user.name@central-ega.eu",
         "filepath": "dir/the-file.c4gh",
         "decrypted_checksums": messages.checksums(sha256=SHA256, md5=MD5),
+        "encrypted_checksums": messages.checksums(sha256=SHA256, md5=MD5),
     })
 
 
