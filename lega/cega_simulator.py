@@ -61,11 +61,13 @@ def printer(out):
     return on_message
 
 
-def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE,
-        should_stop=lambda: False, tls=None, federated=None, heartbeat=0):
-    """Consume what LocalEGA sends; answer the accession requests ``answer`` accepts,
-    on the ``accession`` queue, or on the federated queue ``federated`` when given
-    (which then also gets a heartbeat every ``heartbeat`` seconds, if not 0)."""
+def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
+        queue=broker.TO_CEGA_QUEUE, should_stop=lambda: False, tls=None, federated=None,
+        heartbeat=0):
+    """Consume what LocalEGA sends; answer each accession request on the queue that
+    ``answer(request)`` names (``accession``, or the federated queue), or not at all
+    if it names none. The federated queue ``federated``, when given, also gets a
+    heartbeat every ``heartbeat`` seconds (if not 0)."""
     connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
     broker.declare_topology(channel, cega_queue=federated or broker.CEGA_QUEUE)
     channel.basic_qos(prefetch_count=10)
@@ -84,11 +86,11 @@ def run(url, on_message, answer=lambda request: True, queue=broker.TO_CEGA_QUEUE
             except ValueError:
                 message = body.decode("utf-8", "replace")
             on_message(method.routing_key, message, props)
-            if (method.routing_key == "files.verified" and isinstance(message, dict)
-                    and answer(message)):
+            to = (answer(message) if method.routing_key == "files.verified"
+                  and isinstance(message, dict) else None)
+            if to:
                 reply = accession_for(message, props.correlation_id)
-                broker.publish(channel, "", federated or broker.ACCESSION_QUEUE, reply,
-                               props.correlation_id)
+                broker.publish(channel, "", to, reply, props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
                          reply["filepath"])
             channel.basic_ack(method.delivery_tag)
@@ -163,9 +165,10 @@ def main(argv=None):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    answer_on = None if args.no_accessions else federated or broker.ACCESSION_QUEUE
     while not stop:
         try:
-            run(url, printer(sys.stdout), answer=lambda request: not args.no_accessions,
+            run(url, printer(sys.stdout), answer=lambda request: answer_on,
                 should_stop=lambda: bool(stop), tls=broker.tls(config), federated=federated,
                 heartbeat=args.heartbeat)
         except broker.CONNECTION_ERRORS as e:

@@ -1,8 +1,10 @@
 """The test stack: real RabbitMQ (vhost lega_test), real PostgreSQL (database lega_test),
 a POSIX inbox and vault in a temporary folder, and the real worker programs
-(``ega-ingest``, ``ega-verify``, ``ega-finalize``) as subprocesses. Central EGA is played
-by the simulator's own code (``lega.cega_simulator.run``) on a thread, which records
-every message LocalEGA sends and answers accession requests unless a test says not to.
+(``ega-ingest``, ``ega-verify``, ``ega-finalize``, and ``ega-dispatch`` on the federated
+queue) as subprocesses. Central EGA is played by the simulator's own code
+(``lega.cega_simulator.run``) on a thread, which records every message LocalEGA sends
+and answers accession requests (on ``accession``, or on ``from_cega`` for the users of
+the federated way) unless a test says not to.
 Each worker runs as its own PostgreSQL login role and its own RabbitMQ user, made from
 the migration's group roles and from our definitions file (least privilege).
 
@@ -48,7 +50,8 @@ DB_NAME = "lega_test"
 FEGA_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "fega-schemas"
 RETRY_DELAYS = [0.2, 0.4, 0.8]
 MAX_ATTEMPTS = 6  # parked after about 3 s of failures
-WORKERS = ("ingest", "verify", "finalize")
+WORKERS = ("ingest", "verify", "finalize")  # the pipeline, each with a database role
+STACK_WORKERS = (*WORKERS, "dispatch")     # dispatch needs the broker only
 
 
 # -- keys and files -----------------------------------------------------------------
@@ -129,6 +132,7 @@ class CentralEGA:
         self.received = []
         self.cond = threading.Condition()
         self.silent_users = set()  # no accession answers for these users
+        self.federated_users = set()  # their answers go to from_cega, as today's Central EGA
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -147,7 +151,11 @@ class CentralEGA:
             self.cond.notify_all()
 
     def _answer(self, request):
-        return request.get("user") not in self.silent_users
+        if request.get("user") in self.silent_users:
+            return None
+        if request.get("user") in self.federated_users:
+            return broker.CEGA_QUEUE
+        return broker.ACCESSION_QUEUE
 
     def messages(self, user=None, filepath=None, routing_key=None):
         with self.cond:
@@ -346,6 +354,12 @@ class Stack:
     def trigger(self, user, filepath, **extra):
         self.send("files", {"type": "ingest", "user": user, "filepath": filepath, **extra})
 
+    def federated_trigger(self, user, filepath, kind="ingest", **extra):
+        """As today's Central EGA: through from_cega, checked against its real schema."""
+        message = {"type": kind, "user": user, "filepath": filepath, **extra}
+        fega_validate("ingestion-trigger", message)
+        self.send(broker.CEGA_QUEUE, message)
+
     def accession(self, user, filepath, accession_id, decrypted):
         self.send("accession", {"type": "accession", "user": user, "filepath": filepath,
                                 "accession_id": accession_id,
@@ -448,7 +462,7 @@ def reset_broker(url):
                            capture_output=True)
     urls = {name: url.replace("guest:guest@", f"{BROKER_USER_PREFIX}{name}:"
                                                f"{BROKER_USER_PASSWORD}@")
-            for name in WORKERS}
+            for name in STACK_WORKERS}
     # the import runs on in the broker: until every worker's user can see its queue
     deadline = time.monotonic() + 30
     for name, worker_url in urls.items():
@@ -560,9 +574,9 @@ def stack(request, tmp_path_factory, keys):
     stack.direct_dsn = dsn
     stack.proxy, stack.db_proxy = proxy, db_proxy
     stack.broker_urls = broker_urls
-    for name in WORKERS:
+    for name in STACK_WORKERS:
         stack.start_worker(name)
-    for name in WORKERS:
+    for name in STACK_WORKERS:
         stack.wait_consuming(name)
     yield stack
 
@@ -582,7 +596,7 @@ def workers_running(request):
     for that too."""
     if "stack" in request.fixturenames:
         stack = request.getfixturevalue("stack")
-        for name in WORKERS:
+        for name in STACK_WORKERS:
             if stack.processes[name].poll() is not None:
                 stack.start_worker(name)
                 stack.wait_consuming(name)
@@ -717,6 +731,9 @@ def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30, restart
             "md5": hashlib.md5(uploaded).hexdigest()}
     recorded = {c["type"]: c["value"] for c in report["encrypted_checksums"]}
     assert "sha256" in recorded and recorded == {k: ours[k] for k in recorded}
+    # as today's Central EGA expects: the type, and the upload's checksums
+    assert verified["type"] == "verified"
+    assert {c["type"]: c["value"] for c in verified["encrypted_checksums"]} == recorded
     return report
 
 

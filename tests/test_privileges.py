@@ -92,6 +92,16 @@ def broker_user(stack, name):
     ("finalize", lambda ch: ch.queue_purge("files")),
     ("ingest", lambda ch: ch.exchange_declare("lega", "topic", durable=True)),
     ("ingest", lambda ch: ch.queue_bind("files", "cega", routing_key="#")),
+    # dispatch routes Central EGA's messages to the queues behind it, nothing more
+    ("dispatch", lambda ch: ch.basic_consume("files", lambda *a: None)),
+    ("dispatch", lambda ch: ch.basic_publish("", "files", b"{}")),
+    ("dispatch", lambda ch: ch.basic_publish("lega", "archived", b"{}")),
+    ("dispatch", lambda ch: ch.basic_publish("cega", "files.completed", b"{}")),
+    ("dispatch", lambda ch: ch.basic_publish("lega", "metadata.anything", b"{}")),
+    ("dispatch", lambda ch: ch.basic_publish("lega.retry.files.200ms", "files", b"{}")),
+    ("ingest", lambda ch: ch.basic_get("from_cega")),
+    ("ingest", lambda ch: ch.basic_publish("lega", "files", b"{}")),
+    ("finalize", lambda ch: ch.basic_publish("lega", "accession", b"{}")),
 ])
 def test_a_worker_cannot_use_what_is_not_its_own_on_the_broker(stack, name, attempt):
     depth_before = queue_depths(stack)
@@ -114,7 +124,8 @@ def queue_depths(stack):
     try:
         channel = connection.channel()
         return {name: channel.queue_declare(name, passive=True).method.message_count
-                for name in ("files", "archived", "accession", "lega.dead_letters")}
+                for name in ("files", "archived", "accession", "lega.dead_letters",
+                             "from_cega", "datasets", "metadata")}
     finally:
         connection.close()
 
