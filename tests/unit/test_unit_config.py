@@ -226,6 +226,22 @@ def test_empty_broker_url():
     assert_config_error("broker.url", path=None, environ={"LEGA_BROKER_URL": ""})
 
 
+def test_the_federated_queue_and_processing_messages():
+    defaults = load(None, {})
+    assert defaults["broker.cega_queue"] == "from_cega" and defaults["cega.send_processing"]
+    changed = load(None, {"LEGA_BROKER_CEGA_QUEUE": "to_lega_node",
+                          "LEGA_CEGA_SEND_PROCESSING": "false"})
+    assert changed["broker.cega_queue"] == "to_lega_node"
+    assert changed["cega.send_processing"] is False
+
+
+@pytest.mark.parametrize("queue", ["", "two words", "files", "accession", "metadata",
+                                   "lega.dead_letters", "lega.mine", "to_cega"])
+def test_the_federated_queue_is_not_one_of_ours(queue):
+    assert_config_error("broker.cega_queue", path=None,
+                        environ={"LEGA_BROKER_CEGA_QUEUE": queue})
+
+
 @pytest.mark.parametrize("driver", ["gcs", "POSIX", ""])
 def test_vault_driver_must_be_posix_or_s3(driver):
     assert_config_error("vault.driver", path=None, environ={"LEGA_VAULT_DRIVER": driver})

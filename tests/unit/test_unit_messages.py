@@ -344,3 +344,134 @@ def test_our_error_for_an_unreadable_message_is_a_fega_info_error():
         "error": "bad_message", "reason": "The message is not valid JSON.",
         "original-message": "\ufffd not json"})
     assert_fega_valid("info-error", body)
+
+
+# -- the federated queue: every type, by its schema (SPEC 8) ------------------------------
+
+MEMBER = {"email": "jane@example.org", "country": "NO", "is_main": True, "username": "jane",
+          "full_name": "Jane Doe", "institution": "UiO", "password_hash": "$2b$12$hash",
+          "member_type": "member"}
+KEYS = [{"key": "ssh-ed25519 AAAA", "type": "ssh-ed25519"}]
+
+# (schema in ../shared/fega-schemas, a message of that type valid against it)
+FEDERATED = [
+    ("ingestion-trigger", CEGA_TRIGGERS[0]),
+    ("ingestion-trigger", CEGA_TRIGGERS[1]),
+    ("ingestion-accession", CEGA_ACCESSIONS[0]),
+    ("dataset-mapping", {"type": "mapping", "dataset_id": "EGAD12345678901",
+                         "accession_ids": ["EGAF12345678901", "EGAF12345678902"]}),
+    ("dataset-mapping", {"type": "mapping", "dataset_id": "EGAD12345678901",
+                         "accession_ids": []}),
+    ("dataset-release", {"type": "release", "dataset_id": "EGAD12345678901"}),
+    ("dataset-deprecate", {"type": "deprecate", "dataset_id": "EGAD12345678901",
+                           "extra": 1}),
+    ("localega/dataset-permission", {
+        "type": "permission", "dataset_id": "EGAD12345678901",
+        "created_at": "2026-01-01T00:00:00Z", "edited_at": "2026-01-02T00:00:00Z",
+        "expires_at": None, "users": [{k: v for k, v in MEMBER.items()
+                                       if k not in ("is_main", "member_type")} | {"keys": KEYS}]}),
+    ("localega/dataset-permission-deleted", {"type": "permission.deleted", "user": "",
+                                             "dataset_id": "EGAD12345678901"}),
+    ("localega/dac-information", {"type": "dac", "accession_id": "EGAC12345678901",
+                                  "title": "", "description": ""}),
+    ("localega/dac-dataset-mapping", {
+        "type": "dac.dataset", "accession_id": "EGAC12345678901", "title": "t",
+        "description": "d", "users": [MEMBER],
+        "datasets": [{"accession_id": "EGAD12345678901", "title": "t", "description": "d"}]}),
+    ("localega/dac-members", {"type": "dac.members", "accession_id": "EGAC12345678901",
+                              "title": "t", "description": "d",
+                              "users": [MEMBER, {**MEMBER, "member_type": "admin"}]}),
+    ("localega/user-password-updated", {"type": "password.updated", "user": "jane",
+                                        "password_hash": ""}),
+    ("localega/user-contact-updated", {"type": "contact.updated", "user": "jane",
+                                       "email": "j@example.org", "country": "NO",
+                                       "full_name": "Jane", "institution": "UiO"}),
+    ("localega/user-keys-updated", {"type": "keys.updated", "user": "jane", "keys": []}),
+]
+
+
+@pytest.mark.parametrize("schema, body", FEDERATED, ids=[f"{s}-{i}" for i, (s, _) in
+                                                          enumerate(FEDERATED)])
+def test_every_fega_valid_federated_message_is_accepted(schema, body):
+    if schema == "localega/dac-members":  # requires title and description, unlisted
+        validator = fega(schema)
+        relaxed = {**validator.schema, "required": ["type", "accession_id", "users"]}
+        listed = {k: v for k, v in body.items() if k not in ("title", "description")}
+        assert not list(jsonschema.Draft7Validator(relaxed).iter_errors(listed))
+    else:
+        assert_fega_valid(schema, body)
+    assert messages.parse(messages.FEDERATED, raw(body)) == body
+    # and with an extra field (the localega schemas forbid them; SPEC 8 allows them)
+    extra = {**body, "sent_by": "central-ega"}
+    assert messages.parse(messages.FEDERATED, raw(extra)) == extra
+
+
+def test_every_federated_type_has_a_schema_of_ours():
+    assert set(messages.FEDERATED_TYPES) == {
+        "ingest", "cancel", "accession", "mapping", "release", "deprecate", "permission",
+        "permission.deleted", "dac", "dac.dataset", "dac.members", "password.updated",
+        "contact.updated", "keys.updated", "heartbeat"}
+    for kind in set(messages.FEDERATED_TYPES.values()) - {None}:
+        messages.validator(kind)  # the schema exists and is a valid draft-07 one
+
+
+def test_dac_members_needs_title_and_description():
+    body = {k: v for k, v in FEDERATED[11][1].items() if k not in ("title", "description")}
+    expect_bad(messages.FEDERATED, raw(body))  # the schema requires them, unlisted
+    assert messages.parse(messages.FEDERATED, raw({**body, "title": 1, "description": None}))
+
+
+def test_a_heartbeat_needs_nothing_but_its_type():
+    assert messages.parse(messages.FEDERATED, b'{"type": "heartbeat"}') == {"type": "heartbeat"}
+    assert messages.parse(messages.FEDERATED, b'{"type": "heartbeat", "at": 1}')
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"user": "u", "filepath": "f"}, "type is none"),
+    ({"type": "Ingest", "user": "u", "filepath": "f"}, 'type is "Ingest"'),
+    ({"type": None}, "type is null"),
+    ({"type": {"nested": "x"}}, 'type is {"nested": "x"}'),
+    ({"type": "verified", "user": "u", "filepath": "f"}, 'type is "verified"'),  # ours
+])
+def test_an_unknown_type_is_a_bad_message(body, says):
+    error = expect_bad(messages.FEDERATED, raw(body))
+    assert says in error.reason and "one of ingest, cancel" in error.reason
+    assert error.reportable
+
+
+def test_a_federated_message_is_checked_against_its_own_type():
+    # valid as a trigger, but it says it is an accession
+    error = expect_bad(messages.FEDERATED, raw({**CEGA_TRIGGERS[1], "type": "accession"}))
+    assert "ingestion-accession" in error.reason and error.reportable
+
+
+@pytest.mark.parametrize("body", [
+    {"type": "password.updated", "user": "u", "password_hash": ["$2b$12$SECRET"]},
+    {"type": "contact.updated", "user": "u", "email": {"at": "SECRET@example.org"},
+     "country": "NO", "full_name": "J", "institution": "I"},
+    {"type": "keys.updated", "user": "u", "keys": [{"key": 12345, "type": "SECRET"}]},
+    {"type": "keys.updated", "user": "u", "keys": "ssh-ed25519 SECRET"},
+    {"type": "dac.members", "accession_id": "EGAC12345678901", "title": "t",
+     "description": "d", "users": [{**MEMBER, "member_type": "SECRET"}]},
+    {"type": "permission", "dataset_id": "EGAD12345678901", "created_at": "x",
+     "edited_at": "y", "users": [{"email": "SECRET@example.org", "keys": "SECRET"}]},
+])
+def test_a_bad_metadata_message_says_where_never_what(body):
+    error = expect_bad(messages.FEDERATED, raw(body))
+    assert "SECRET" not in error.reason and "12345" not in error.reason, error.reason
+    assert not error.reportable  # its original is not sent back to Central EGA either
+
+
+def test_a_bad_ingestion_message_still_shows_the_value():
+    body = {**CEGA_TRIGGERS[1], "filepath": 5}
+    assert "5 is not of type 'string'" in expect_bad(messages.FEDERATED, raw(body)).reason
+
+
+def test_redacted_hides_secret_fields_at_any_depth():
+    body = {"type": "permission", "users": [{"email": "a@b", "password_hash": "h",
+                                             "keys": [{"key": "k"}], "username": "jane"}],
+            "email": "c@d"}
+    assert messages.redacted(body) == {"type": "permission", "email": "***",
+                                       "users": [{"email": "***", "password_hash": "***",
+                                                  "keys": "***", "username": "jane"}]}
+    assert messages.holds_secrets(body) and not messages.holds_secrets({"type": ["dac"]})
