@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: the local stack on the embedded defaults, and one sample file ingested
-# end to end in front of you. Everything it writes is under data/.
+# end to end in front of you, with Central EGA's messages coming as today's Central EGA
+# sends them: every one through the federated queue from_cega, routed by ega-dispatch.
+# Everything it writes is under data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -31,11 +33,13 @@ start() {  # name, command...
   echo $! >"data/run/$name.pid"
   echo "started $name (pid $!)"
 }
+start dispatch ega-dispatch
 start ingest ega-ingest
 start verify ega-verify
 start finalize ega-finalize
 if [ "$CEGA" != off ]; then
-  start cega ega-cega-simulator run
+  # today's Central EGA: accession IDs through from_cega too, and a heartbeat a minute
+  start cega ega-cega-simulator --federated run --heartbeat 60
 else
   echo "Central EGA simulator off (CEGA=off): the file will wait for an accession ID"
 fi
@@ -60,8 +64,8 @@ filepath="runs/$name.c4gh"
 echo "original:  data/submitter/$name ($(stat -c %s "data/submitter/$name") bytes)"
 echo "uploaded:  data/inbox/$user/$filepath ($(stat -c %s "data/inbox/$user/$filepath") bytes)"
 
-step "Central EGA asks LocalEGA to ingest $user:$filepath"
-ega-cega-simulator ingest "$user" "$filepath"
+step "Central EGA asks LocalEGA to ingest $user:$filepath, through from_cega"
+ega-cega-simulator --federated ingest "$user" "$filepath"
 
 step "The file moves through the statuses"
 python3 - "$user" "$filepath" <<'PY'
@@ -90,6 +94,9 @@ while time.monotonic() < deadline:
 print(f"not ready after 120 s: see data/log/*.log")
 sys.exit(1)
 PY
+
+step "What ega-dispatch routed from from_cega (data/log/dispatch.log)"
+grep -F "$user:$filepath]" data/log/dispatch.log | grep -F "routed" | cut -c1-160 || true
 
 step "What Central EGA received (data/log/cega.log)"
 [ "$CEGA" != off ] && grep "Central EGA received" data/log/cega.log | cut -c1-160 || true
