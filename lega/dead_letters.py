@@ -11,7 +11,8 @@ and puts its file back in the status it had before it was parked.
 import json
 
 from . import broker, messages
-from .worker import ATTEMPTS_HEADER, PARKED
+from .context import ATTEMPTS_HEADER
+from .worker import PARKED
 
 
 class _AdminContext:

@@ -40,9 +40,8 @@ ROUTES = {
 
 def handle(worker, ctx, message):
     kind = message["type"]
-    if kind == messages.HEARTBEAT:
+    if kind == messages.HEARTBEAT:  # the worker logged it, at debug level
         health.HEARTBEAT.set(time.time())
-        LOG.debug("heartbeat from Central EGA")
     else:
         ctx.forward(broker.LEGA_EXCHANGE, ROUTES[kind])
         LOG.info("%s routed to %s with key %s", kind, broker.LEGA_EXCHANGE, ROUTES[kind])
