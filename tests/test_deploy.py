@@ -2,7 +2,8 @@
 subcommand and option they run exists; every LEGA_* variable is a real setting and the
 environment they give makes a valid configuration; every secret file they name is
 mounted where it is read; the workers scale, run unprivileged, answer their probes and
-may finish a file before they are killed; only verify holds the archive's key.
+may finish a file before they are killed; only verify holds the archive's key; dispatch
+gets the broker and nothing else.
 
 (That the definitions file equals what the workers declare is in test_programs.py.)
 """
@@ -19,14 +20,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lega import config
+from lega import broker, config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-WORKERS = ("ingest", "verify", "finalize")
+WORKERS = ("ingest", "verify", "finalize")      # the broker, a database role, the vault
+DISPATCH = "dispatch"                            # the broker only
+ALL_WORKERS = (*WORKERS, DISPATCH)
+# what dispatch may be told: the broker, its health endpoint, its logs, its stopping
+BROKER_ONLY_SECTIONS = ("broker.", "worker.", "log.")
 KEY_SECRETS = {"archive_key", "archive_key_passphrase"}
 STOP_GRACE_PERIOD = config.DEFAULTS["worker"]["stop_grace_period"]
 # what a secret file holds, for the settings whose values are checked at start
@@ -176,7 +181,8 @@ def test_every_yaml_and_json_file_under_deploy_parses():
 
 def test_k8s_documents_are_kubernetes_objects():
     kinds = [doc.get("kind") for _, doc in k8s_documents()]
-    assert kinds.count("Deployment") == 3 and "Job" in kinds and "ConfigMap" in kinds
+    assert kinds.count("Deployment") == len(ALL_WORKERS) and "Job" in kinds
+    assert "ConfigMap" in kinds
     for path, doc in k8s_documents():
         assert doc.get("apiVersion") and doc.get("kind"), path
         if doc["kind"] != "Kustomization":
@@ -191,7 +197,8 @@ def test_k8s_documents_are_kubernetes_objects():
 def test_secret_template_holds_only_placeholders():
     secrets = k8s_kind("Secret")
     assert {doc["metadata"]["name"] for _, doc in secrets} == {
-        "lega-secrets", "lega-archive-key", "lega-ingest", "lega-verify", "lega-finalize"}
+        "lega-secrets", "lega-archive-key", "lega-ingest", "lega-verify", "lega-finalize",
+        "lega-dispatch"}
     for path, doc in secrets:
         assert path.name.endswith(".example.yaml")
         for key, value in doc["stringData"].items():
@@ -206,14 +213,14 @@ def named_programs(text):
 
 def test_every_program_named_is_a_console_script():
     scripts = console_scripts()
-    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-admin",
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-admin",
             "ega-cega-simulator"} <= set(scripts)
     files = [COMPOSE_FILE, DOCKERFILE, *K8S.glob("*.yaml"), *deploy_files(".md", ".conf")]
     named = {}
     for path in files:
         for program in named_programs(path.read_text()):
             named.setdefault(program, []).append(path.name)
-    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-admin"} <= set(named)
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-admin"} <= set(named)
     unknown = {p: where for p, where in named.items() if p not in scripts}
     assert not unknown, f"not console scripts in setup.py: {unknown}"
 
@@ -228,27 +235,50 @@ def commands_run():
     return commands
 
 
+def split_command(args):
+    """(the program's own flags, the subcommand path, the subcommand's arguments) of a
+    command line such as ``--federated run --heartbeat 60``."""
+    leading = list(itertools.takewhile(lambda a: a.startswith("-"), args))
+    rest = args[len(leading):]
+    path = list(itertools.takewhile(lambda a: not a.startswith("-"), rest))
+    return leading, path, rest[len(path):]
+
+
+def test_split_command():
+    assert split_command(["--federated", "run", "--heartbeat", "60"]) == (
+        ["--federated"], ["run"], ["--heartbeat", "60"])
+    assert split_command(["db", "migrate", "--wait", "60"]) == ([], ["db", "migrate"],
+                                                                ["--wait", "60"])
+
+
 def test_every_command_run_parses(capsys):
     """Each command line's program, subcommands and options exist: its --help (which
-    argparse answers before anything starts) lists every option it is given."""
+    argparse answers before anything starts) lists every option it is given, the
+    program's own options (before the subcommand) in the program's help."""
     scripts = console_scripts()
     commands = commands_run()
     assert {argv[0] for _, argv in commands} >= {"ega-ingest", "ega-verify", "ega-finalize",
-                                                 "ega-admin", "ega-cega-simulator"}
+                                                 "ega-dispatch", "ega-admin",
+                                                 "ega-cega-simulator"}
+
+    def usage_of(main, path, argv, where):
+        with pytest.raises(SystemExit) as exited:
+            main([*path, "--help"])
+        assert exited.value.code in (0, None), f"{where}: {argv} is refused"
+        return capsys.readouterr().out
+
     for where, argv in commands:
         assert isinstance(argv, list) and argv, f"{where}: use the exec form (a list)"
         program, *args = argv
         assert program in scripts, f"{where}: {program} is not a console script"
         module, function = scripts[program]
         main = getattr(import_module(module), function)
-        path = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
-        options = [a.split("=", 1)[0] for a in args if a.startswith("--") and a != "--help"]
-        with pytest.raises(SystemExit) as exited:
-            main([*path, "--help"])
-        assert exited.value.code in (0, None), f"{where}: {argv} is refused"
-        usage = capsys.readouterr().out
-        for option in options:
-            assert option in usage, f"{where}: {' '.join(argv)}: no option {option}"
+        leading, path, after = split_command(args)
+        for options, usage in ((leading, usage_of(main, [], argv, where)),
+                               (after, usage_of(main, path, argv, where))):
+            for option in (a.split("=", 1)[0] for a in options
+                           if a.startswith("--") and a != "--help"):
+                assert option in usage, f"{where}: {' '.join(argv)}: no option {option}"
 
 
 # -- every LEGA_* variable is a setting, and they make a valid configuration ------------
@@ -289,6 +319,13 @@ def test_the_environment_given_is_a_valid_configuration(where, tmp_path):
         assert loaded["worker.health_port"] == 8080
         assert loaded["log.format"] == "json"
         assert loaded["inbox.location"].startswith("/")
+        # today's Central EGA drops files.processing (SPEC 8)
+        assert loaded["cega.send_processing"] is False
+    if where.endswith((f" {DISPATCH}", f"lega-{DISPATCH}")):
+        assert loaded["worker.health_port"] == 8080
+        assert loaded["worker.health_address"] == "0.0.0.0"
+        assert loaded["log.format"] == "json"
+        assert loaded["broker.cega_queue"] == broker.CEGA_QUEUE
 
 
 def test_image_serves_health_on_the_port_it_exposes():
@@ -351,7 +388,7 @@ def test_build_context_holds_only_what_the_image_copies():
 
 def test_compose_workers_are_scalable():
     all_services = services()
-    for name in (*WORKERS, "cega"):
+    for name in (*ALL_WORKERS, "cega"):
         service = all_services[name]
         assert "container_name" not in service, f"{name} has a container_name: no --scale"
         assert not service.get("ports"), f"{name} publishes a host port: no --scale"
@@ -379,7 +416,7 @@ def test_compose_workers_start_after_their_services_and_the_migration():
 
 
 def test_compose_health_checks_ask_the_workers_ready_endpoint():
-    for name in WORKERS:
+    for name in ALL_WORKERS:
         service = services()[name]
         test = " ".join(service["healthcheck"]["test"])
         url = re.search(r"http://[\w.]+:(\d+)(/\w+)", test)
@@ -437,15 +474,17 @@ def test_each_worker_has_its_own_broker_user_and_database_role():
 def test_the_definitions_give_each_worker_only_its_part():
     shipped = json.loads((DEPLOY / "rabbitmq-definitions.json").read_text())
     users = {u["name"]: u for u in shipped["users"]}
-    assert set(users) == {"lega-ingest", "lega-verify", "lega-finalize"}
+    assert set(users) == {"lega-ingest", "lega-verify", "lega-finalize", "lega-dispatch"}
     assert all(u["password_hash"] == "" for u in users.values())  # passwords: a secret
     permissions = {p["user"]: p for p in shipped["permissions"]}
     assert set(permissions) == set(users)
+    queues = {"files", "archived", "accession", "to_cega", "lega.dead_letters", "from_cega",
+              "datasets", "metadata"}
     for user, queue in (("lega-ingest", "files"), ("lega-verify", "archived"),
-                        ("lega-finalize", "accession")):
+                        ("lega-finalize", "accession"), ("lega-dispatch", "from_cega")):
         assert permissions[user]["configure"] == "^$"
         assert re.fullmatch(permissions[user]["read"], queue)
-        for other in {"files", "archived", "accession", "to_cega", "lega.dead_letters"} - {queue}:
+        for other in queues - {queue}:
             assert not re.fullmatch(permissions[user]["read"], other), (user, other)
         for default in ("", "amq.default"):  # the default exchange reaches every queue
             assert not re.fullmatch(permissions[user]["write"], default)
@@ -454,15 +493,23 @@ def test_the_definitions_give_each_worker_only_its_part():
             queue == "files"
     topics = {(p["user"], p["exchange"]): p["write"] for p in shipped["topic_permissions"]}
     assert set(topics) == {("lega-ingest", "lega"), ("lega-ingest", "cega"),
-                           ("lega-verify", "cega"), ("lega-finalize", "cega")}
+                           ("lega-verify", "cega"), ("lega-finalize", "cega"),
+                           ("lega-dispatch", "lega"), ("lega-dispatch", "cega")}
+    routed = {"files", "accession", "datasets", "metadata.permission", "metadata.dac",
+              "metadata.dac.members", "metadata.password.updated", "metadata.keys.updated"}
     for (user, exchange), keys in topics.items():
         allowed = {key for key in ("archived", "files.processing", "files.verified",
-                                   "files.completed", "files.error")
+                                   "files.completed", "files.error", "metadata.anything",
+                                   *routed)
                    if re.fullmatch(keys, key)}
         assert allowed == {("lega-ingest", "lega"): {"archived"},
                            ("lega-ingest", "cega"): {"files.processing", "files.error"},
                            ("lega-verify", "cega"): {"files.verified", "files.error"},
                            ("lega-finalize", "cega"): {"files.completed", "files.error"},
+                           # dispatch routes on lega (never as ingest's archived), and
+                           # tells Central EGA only of a bad message
+                           ("lega-dispatch", "lega"): routed,
+                           ("lega-dispatch", "cega"): {"files.error"},
                            }[user, exchange]
 
 
@@ -510,6 +557,61 @@ def test_compose_ingest_reads_the_inbox_volume_read_only():
     assert inbox[0].split(":")[0] in compose()["volumes"]
 
 
+def settings_given(env):
+    """The settings a service's LEGA_* variables set (``db.dsn`` for LEGA_DB_DSN_FILE)."""
+    return {setting_of(v)[0] for v in env if v.startswith("LEGA_") and setting_of(v)}
+
+
+def only_the_broker(settings):
+    return {s for s in settings if not s.startswith(BROKER_ONLY_SECTIONS)}
+
+
+def test_only_the_broker_finds_what_needs_more():
+    assert only_the_broker({"broker.url", "worker.health_port", "log.format"}) == set()
+    assert only_the_broker({"broker.url", "db.dsn", "vault.s3.access_key", "keys"}) == {
+        "db.dsn", "vault.s3.access_key", "keys"}
+
+
+def test_compose_dispatch_needs_only_the_broker(tmp_path):
+    """Dispatch starts as soon as RabbitMQ is healthy, with its own broker user and
+    nothing else secret: no database role, no S3 keys, no inbox, no archive key, and no
+    setting that would make it look for them."""
+    dispatch = services()[DISPATCH]
+    assert dispatch["command"] == ["ega-dispatch"]
+    assert {k: v["condition"] for k, v in dispatch["depends_on"].items()} == {
+        "mq": "service_healthy"}
+    assert dispatch["secrets"] == [{"source": "dispatch_broker_url", "target": "broker_url"}]
+    assert compose()["secrets"]["dispatch_broker_url"]["file"] == "./secrets/dispatch_broker_url"
+    assert not dispatch.get("volumes"), "dispatch reads no inbox or vault"
+    env = environment(dispatch)
+    assert only_the_broker(settings_given(env)) == set(), env
+    assert env["LEGA_BROKER_URL_FILE"] == "/run/secrets/broker_url"
+    # docker waits for it to finish (or hand back) its message in hand
+    grace = load_config(env, tmp_path)["worker.stop_grace_period"]
+    assert seconds(dispatch["stop_grace_period"]) > grace
+
+
+def test_compose_cega_simulator_plays_todays_central_ega():
+    """The demo's Central EGA sends through the federated queue, with heartbeats, as
+    today's does (SPEC 8); the operators' broker user, as before."""
+    cega = services()["cega"]
+    command = cega["command"]
+    assert command[0] == "ega-cega-simulator"
+    leading, path, after = split_command(command[1:])
+    assert "--federated" in leading and path == ["run"]
+    assert "--heartbeat" in after and float(after[after.index("--heartbeat") + 1]) > 0
+    assert "--no-accessions" not in after
+    assert {k: v["condition"] for k, v in cega["depends_on"].items()} == {
+        "mq": "service_healthy"}
+
+
+def test_compose_dispatch_and_cega_share_the_federated_queue(tmp_path):
+    """The simulator publishes to, and dispatch reads, the same broker.cega_queue."""
+    queues = {name: load_config(environment(services()[name]), tmp_path)["broker.cega_queue"]
+              for name in (DISPATCH, "cega")}
+    assert queues[DISPATCH] == queues["cega"]
+
+
 # -- Kubernetes -------------------------------------------------------------------------
 
 def health_port(container):
@@ -517,16 +619,21 @@ def health_port(container):
     return lambda port: ports.get(port, port)
 
 
-def test_k8s_workers_have_probes_limits_and_no_privileges():
+def test_k8s_workers_have_probes_limits_and_no_privileges(tmp_path):
     deployments = k8s_kind("Deployment")
     assert sorted(doc["metadata"]["name"] for _, doc in deployments) == \
-        sorted(f"lega-{w}" for w in WORKERS)
+        sorted(f"lega-{w}" for w in ALL_WORKERS)
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert {path.name for path, _ in deployments} <= set(kustomization["resources"])
     for path, doc in deployments:
         spec = doc["spec"]["template"]["spec"]
-        assert spec["terminationGracePeriodSeconds"] > STOP_GRACE_PERIOD, path
         for container in spec["containers"]:
             where = f"{path.name} {container['name']}"
             env = container_environment(container)
+            # Kubernetes waits for the worker to finish (or hand back) its message
+            (folder := tmp_path / container["name"]).mkdir()
+            grace = load_config(env, folder)["worker.stop_grace_period"]
+            assert spec["terminationGracePeriodSeconds"] > grace, where
             port = int(env["LEGA_WORKER_HEALTH_PORT"])
             resolve = health_port(container)
             for probe, endpoint in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
@@ -540,6 +647,30 @@ def test_k8s_workers_have_probes_limits_and_no_privileges():
             assert context["readOnlyRootFilesystem"] is True, where
             assert context["allowPrivilegeEscalation"] is False, where
             assert context["capabilities"]["drop"] == ["ALL"], where
+
+
+def test_k8s_dispatch_needs_only_the_broker():
+    """Dispatch's pod: its own Secret (a broker URL and nothing else), no ConfigMap of
+    the workers (it names the S3 key files), no inbox, no key, only broker settings."""
+    (doc,) = [doc for _, doc in k8s_kind("Deployment")
+              if doc["metadata"]["name"] == f"lega-{DISPATCH}"]
+    spec = doc["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["ega-dispatch"]
+    assert "envFrom" not in container
+    env = container_environment(container)
+    assert only_the_broker(settings_given(env)) == set(), env
+    sources = [source for volume in spec["volumes"] if "projected" in volume
+               for source in volume["projected"]["sources"]]
+    assert [s["secret"]["name"] for s in sources] == [f"lega-{DISPATCH}"]
+    assert not any("persistentVolumeClaim" in v or "secret" in v for v in spec["volumes"])
+    (secret,) = [doc for _, doc in k8s_kind("Secret")
+                 if doc["metadata"]["name"] == f"lega-{DISPATCH}"]
+    assert set(secret["stringData"]) == {"broker_url"}
+    assert secret["stringData"]["broker_url"].startswith("amqps://lega-dispatch:")
+    # the migration makes no database role for it
+    (_, job), = k8s_kind("Job")
+    assert f"lega-{DISPATCH}" not in json.dumps(job["spec"]["template"]["spec"]["volumes"])
 
 
 def test_k8s_pods_run_as_non_root():
