@@ -3,7 +3,8 @@ subcommand and option they run exists; every LEGA_* variable is a real setting a
 environment they give makes a valid configuration; every secret file they name is
 mounted where it is read; the workers scale, run unprivileged, answer their probes and
 may finish a file before they are killed; only verify holds the archive's key; dispatch
-gets the broker and nothing else.
+gets the broker and nothing else; the examples of the link to Central EGA are what
+python -m lega.cega_link writes.
 
 (That the definitions file equals what the workers declare is in test_programs.py.)
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lega import broker, config
+from lega import broker, cega_link, config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -716,6 +717,44 @@ def test_k8s_migration_job_and_ingest_inbox():
     location = container_environment(container)["LEGA_INBOX_LOCATION"]
     assert any(m["mountPath"] == location and m.get("readOnly")
                for m in container["volumeMounts"])
+
+
+# -- the link to Central EGA ------------------------------------------------------------
+
+PLACEHOLDER_CEGA_URI = ("amqps://CEGA_USER:CEGA_PASSWORD@cega.example.org:5671/CEGA_VHOST"
+                        "?cacertfile=/etc/rabbitmq/cega-ca.pem&verify=verify_peer"
+                        "&server_name_indication=cega.example.org")
+CEGA_EXAMPLES = {"federated": DEPLOY / "cega-shovel.example.json",
+                 "legacy": DEPLOY / "cega-shovel.legacy.example.json"}
+
+
+@pytest.mark.parametrize("way", sorted(CEGA_EXAMPLES))
+def test_cega_link_examples_are_the_generators_output(way):
+    """The examples are python -m lega.cega_link's output for placeholders (so they
+    never drift from it, and hold no real password)."""
+    text = CEGA_EXAMPLES[way].read_text()
+    affiliate = cega_link.FEGA if way == cega_link.FEDERATED else None
+    assert json.loads(text) == cega_link.definitions(affiliate, PLACEHOLDER_CEGA_URI, way=way)
+    uris = set(re.findall(r"amqps?://[^\"]*", text))
+    assert uris == {PLACEHOLDER_CEGA_URI, "amqp:///%2F"}, "only placeholders and ourselves"
+    readme = (ROOT / "README.md").read_text()
+    assert CEGA_EXAMPLES[way].name in (DEPLOY / "rabbitmq.conf").read_text() + readme
+
+
+def test_cega_link_example_feeds_what_dispatch_reads(tmp_path):
+    """The example federates exactly the queue compose's dispatch consumes, and ships
+    the queue the workers' messages for Central EGA wait in."""
+    example = json.loads(CEGA_EXAMPLES["federated"].read_text())
+    queue = load_config(environment(services()[DISPATCH]), tmp_path)["broker.cega_queue"]
+    (policy,) = example["policies"]
+    # RabbitMQ applies a policy to every name its pattern is found in (re.search)
+    assert re.search(policy["pattern"], queue)
+    assert not any(re.search(policy["pattern"], q) for q in
+                   ("files", "accession", "to_cega", f"x{queue}", f"{queue}x"))
+    shipped = json.loads((DEPLOY / "rabbitmq-definitions.json").read_text())
+    bound = {(b["destination"], b["source"], b["routing_key"]) for b in shipped["bindings"]}
+    (shovel,) = [p for p in example["parameters"] if p["component"] == "shovel"]
+    assert (shovel["value"]["src-queue"], "cega", "#") in bound
 
 
 # -- secrets stay out of git ------------------------------------------------------------
