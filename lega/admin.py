@@ -41,6 +41,7 @@ def file_report(db, user, filepath):
         "accession_id": file["accession_id"],
         "archive_path": file["archive_path"],
         "archive_size": file["archive_size"],
+        "backup_path": file["backup_path"],
         "upload_size": file["upload_size"],
         "decrypted_size": file["decrypted_size"],
         "decrypted_checksums": [{"type": k, "value": decrypted[k]}

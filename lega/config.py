@@ -72,6 +72,17 @@ DEFAULTS = {
             "min_part_size": 8 * 1024 * 1024,
         },
     },
+    # the second copy of every archived body, in another storage (SPEC 10): none, posix
+    # or s3, as for the vault; a file is ready only once its backup copy reads back right
+    "backup": {
+        "driver": "none",
+        "location": "",
+        "s3": {
+            **S3_DEFAULTS,
+            "create_bucket": True,
+            "min_part_size": 8 * 1024 * 1024,
+        },
+    },
     # verify's private keys, for rotation several may be given
     "keys": [
         {"path": "data/keys/archive.sec", "passphrase_file": "data/keys/archive.pass"},
@@ -104,6 +115,7 @@ DEFAULTS = {
 
 # settings whose values are secrets: never printed as they are
 SECRETS = {"broker.url", "db.dsn", "vault.s3.access_key", "vault.s3.secret_key",
+           "backup.s3.access_key", "backup.s3.secret_key",
            "inbox.s3.access_key", "inbox.s3.secret_key"}
 CONNECTION_STRINGS = {"broker.url", "db.dsn"}  # shown with only the password hidden
 HIDDEN = "***"
@@ -275,6 +287,17 @@ def _flatten_given(given, prefix=""):
             yield setting, value
 
 
+def _same_storage(config, one, other):
+    """Whether two stores' settings name the same folder or bucket."""
+    driver = config[f"{one}.driver"]
+    if driver != config[f"{other}.driver"]:
+        return False
+    if driver == "posix":
+        return (os.path.realpath(config[f"{one}.location"])
+                == os.path.realpath(config[f"{other}.location"]))
+    return all(config[f"{one}.s3.{k}"] == config[f"{other}.s3.{k}"] for k in ("endpoint", "bucket"))
+
+
 def _check(config):
     url = config["broker.url"]
     if not url.strip():
@@ -297,8 +320,10 @@ def _check(config):
                           "the queue Central EGA's messages arrive in (from_cega)")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
-    for store in ("inbox", "vault"):
+    for store in ("inbox", "vault", "backup"):
         driver = config[f"{store}.driver"]
+        if driver == "none" and store == "backup":
+            continue
         if driver == "posix":
             if not config[f"{store}.location"]:
                 raise ConfigError(f"{store}.location: missing (the {store} root folder)")
@@ -311,9 +336,14 @@ def _check(config):
             if ca_bundle and not os.path.isfile(ca_bundle):
                 raise ConfigError(f"{store}.s3.ca_bundle: no such file {ca_bundle}")
         else:
-            raise ConfigError(f"{store}.driver: must be posix or s3, got {driver!r}")
-    if config["vault.s3.min_part_size"] < 5 * 1024 * 1024:
-        raise ConfigError("vault.s3.min_part_size: S3 parts are at least 5 MiB (5242880)")
+            choices = "none, posix or s3" if store == "backup" else "posix or s3"
+            raise ConfigError(f"{store}.driver: must be {choices}, got {driver!r}")
+    for store in ("vault", "backup"):
+        if config[f"{store}.s3.min_part_size"] < 5 * 1024 * 1024:
+            raise ConfigError(f"{store}.s3.min_part_size: S3 parts are at least 5 MiB (5242880)")
+    if _same_storage(config, "vault", "backup"):
+        raise ConfigError("backup: the same storage as the vault; a backup copy belongs in "
+                          "another one (another folder, bucket or S3 service)")
     delays = config["retry.delays"]
     if not delays or not all(isinstance(d, (int, float)) and d > 0 for d in delays):
         raise ConfigError(f"retry.delays: expected a list of positive seconds, got {delays!r}")

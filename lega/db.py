@@ -32,7 +32,8 @@ ACTIVE = ("submitted", "archived", "verified", "ready")
 FILE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (
     "id", "submission_user", "filepath", "status", "archive_path", "archive_size",
     "upload_size", "decrypted_size", "accession_id", "error_code", "error_reason",
-    "created_at", "updated_at")))
+    "created_at", "updated_at", "backup_path")))
+BACKED_UP = "backed up"  # a line of the history (not a status): the backup copy is proven
 
 psycopg2.extras.register_uuid()
 
@@ -283,13 +284,24 @@ class Database:
             if row is None or row["status"] != "error" or row["error_code"] != parked_code:
                 return None
             cur.execute("""SELECT status FROM file_events WHERE file_id = %s
-                           AND status NOT IN ('error', 'disabled') ORDER BY id DESC LIMIT 1""",
-                        (file_id,))
+                           AND status = ANY(%s) ORDER BY id DESC LIMIT 1""",
+                        (file_id, list(ACTIVE)))
             before = cur.fetchone()["status"]
             self._move(cur, file_id, ["error"], before, ctx,
                        sets=", error_code = NULL, error_reason = NULL",
                        reason="requeued by an operator")
             return before
+
+    def set_backed_up(self, file_id, ctx, backup_path):
+        """The backup copy is written and read back right: recorded, and ``backed up``
+        in the history. False if the file is no longer verified (cancelled?)."""
+        with self.transaction() as cur:
+            cur.execute("""UPDATE files SET backup_path = %s, updated_at = now()
+                            WHERE id = %s AND status = 'verified'""", (backup_path, file_id))
+            if cur.rowcount != 1:
+                return False
+            self._event(cur, file_id, BACKED_UP, ctx, reason=f"backup copy {backup_path}")
+            return True
 
     def note(self, file_id, ctx, status, code=None, reason=None):
         """A history line without a status change (e.g. a re-verification)."""

@@ -3,8 +3,11 @@
 Central EGA answers each ``files.verified`` with an accession (stable) ID on the
 ``accession`` queue. The worker matches it to the verified file by user and path,
 checks that the checksums of the original are the ones verify computed, and that the
-ID is not already another file's. It records the ID, marks the file **ready** (for
-outgestion) and tells Central EGA on ``files.completed``.
+ID is not already another file's. With a backup storage configured (SPEC 10), it then
+copies the vault object there and reads the copy back, its size and sha256 compared with
+those recorded at ingest (``backed up`` in the history). It records the ID, marks the
+file **ready** (for outgestion) and tells Central EGA on ``files.completed``: only
+once the file is safely stored twice.
 
 An accession that arrives before verify is done waits (back-off through the retry
 queues); one that is already applied changes nothing.
@@ -12,7 +15,7 @@ queues); one that is already applied changes nothing.
 
 import logging
 
-from . import broker, messages
+from . import backup, broker, messages
 from .db import DuplicateAccession
 from .errors import (CHECKSUM_MISMATCH, DUPLICATE_ACCESSION, NOT_INGESTED, NotReady,
                      UserError)
@@ -40,6 +43,9 @@ def handle(worker, ctx, accession):
 
     decrypted = worker.db.checksums(file["id"], "decrypted")
     check_decrypted_checksums(accession, decrypted)
+    if worker.backup is not None and not file["backup_path"] \
+            and not back_up(worker, ctx, file):
+        return
     try:
         moved = worker.db.set_ready(file["id"], ctx, accession_id)
     except DuplicateAccession:  # the unique index: another file has it
@@ -49,6 +55,23 @@ def handle(worker, ctx, accession):
         return
     LOG.info("ready, with accession ID %s", accession_id)
     complete(ctx, file, accession_id, decrypted)
+
+
+def back_up(worker, ctx, file):
+    """The second copy, proven; False if the file was cancelled meanwhile. Trouble with
+    the backup storage is ours: raised, so retried, then parked."""
+    ctx.bytes = file["archive_size"]
+    path = backup.back_up(worker.vault, worker.backup, file,
+                          worker.db.checksums(file["id"], "archived")["sha256"],
+                          retry=ctx.redelivered or ctx.attempt > 1,
+                          progress_interval=worker.config["log.progress_interval"])
+    if not worker.db.set_backed_up(file["id"], ctx, path):
+        LOG.info("the file changed status while being backed up (cancelled?): removing "
+                 "the backup copy")
+        worker.backup.delete(path)
+        return False
+    LOG.info("backed up as %s: read back with the size and sha256 archived", path)
+    return True
 
 
 def already_ready(ctx, file, accession_id):

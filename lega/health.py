@@ -45,8 +45,8 @@ HEARTBEAT = prometheus_client.Gauge(
 
 
 def readiness(worker):
-    """{what: "ok" or why not}, for the broker, the database and the vault (those of
-    them the worker uses)."""
+    """{what: "ok" or why not}, for the broker, the database, the vault and the backup
+    storage (those of them the worker uses)."""
     checks = {}
     connection = worker.connection
     checks["broker"] = "ok" if connection is not None and connection.is_open else \
@@ -63,12 +63,13 @@ def readiness(worker):
         except Exception as e:
             checks["database"] = redact(str(e).strip().splitlines()[0] if str(e).strip()
                                         else e.__class__.__name__)
-    if worker.vault is not None:
-        try:
-            worker.vault.check()
-            checks["vault"] = "ok"
-        except Exception as e:
-            checks["vault"] = redact(f"{e.__class__.__name__}: {e}")
+    for what, store in (("vault", worker.vault), ("backup", worker.backup)):
+        if store is not None:
+            try:
+                store.check()
+                checks[what] = "ok"
+            except Exception as e:
+                checks[what] = redact(f"{e.__class__.__name__}: {e}")
     return checks
 
 

@@ -7,7 +7,8 @@ puts it in the database, and streams the remainder (the encrypted body) to the v
 checksumming as it goes. No decryption key is used in this step. When the body is in
 the vault, the file is handed over to verify on the ``archived`` queue.
 
-A ``cancel`` on the same queue removes the archived copy and disables the file.
+A ``cancel`` on the same queue removes the archived copy (and its backup copy) and
+disables the file.
 """
 
 import contextlib
@@ -118,13 +119,14 @@ def check_encrypted_checksums(given, ours):
 
 
 def cancel(worker, ctx, trigger):
-    """Remove the archived copy and disable the file; a later ingest starts afresh."""
+    """Remove the archived copy (both copies) and disable the file; a later ingest starts
+    afresh."""
     file = worker.db.latest_file(trigger["user"], trigger["filepath"])
     if file is None or file["status"] in ("error", "disabled"):
         LOG.info("cancel: no file in progress or archived under this path; nothing to do")
         return
     ctx.about(file_id=file["id"])
-    worker.remove_from_vault(file)
+    worker.remove_copies(file)
     worker.db.disable(file["id"], ctx)
     LOG.info("cancelled: %s file disabled and its archived copy removed", file["status"])
 

@@ -1,4 +1,5 @@
-"""The vault: where the encrypted bodies of archived files live, named by file id.
+"""The vault: where the encrypted bodies of archived files live, named by file id. The
+backup storage (SPEC 10) is another vault, of either kind, holding the second copy.
 
 A backend implements ``Vault``. Writing goes through a ``VaultWriter`` that makes the
 object visible only when ``commit`` is called, so a reader never sees a partial
@@ -67,6 +68,10 @@ class Vault:
     def check(self):
         """Raise if the vault cannot be used (for start-up and readiness)."""
         raise NotImplementedError
+
+    def forget_cached(self, archive_path):
+        """Let the next read of the object come from the storage itself, not from a
+        copy this machine keeps (a read-back proves what the storage holds)."""
 
 
 class _PosixWriter(VaultWriter):
@@ -146,7 +151,15 @@ class PosixVault(Vault):
     def check(self):
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise PermissionError(f"vault {self.root} is not writable")
+            raise PermissionError(f"{self.root} is not writable")
+
+    def forget_cached(self, archive_path):
+        """The page cache's copy of a written (fsync-ed) file is dropped."""
+        fd = os.open(self._file(archive_path), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 MIB = 1024 * 1024
@@ -291,9 +304,13 @@ class S3Vault(Vault):
                 pass
 
 
-def from_config(config):
-    driver = config["vault.driver"]
+def from_config(config, store="vault"):
+    """The vault (or, with ``store="backup"``, the backup storage: None if there is
+    none) of a configuration."""
+    driver = config[f"{store}.driver"]
     if driver == "s3":
-        return S3Vault(config.section("vault.s3"), config["vault.s3.min_part_size"],
-                       config["vault.s3.create_bucket"])
-    return PosixVault(config["vault.location"])
+        return S3Vault(config.section(f"{store}.s3"), config[f"{store}.s3.min_part_size"],
+                       config[f"{store}.s3.create_bucket"])
+    if driver == "none":
+        return None
+    return PosixVault(config[f"{store}.location"])

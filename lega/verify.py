@@ -12,7 +12,7 @@ asked for an accession ID on ``files.verified``, with the checksums of the origi
 import contextlib
 import logging
 
-from . import broker, messages
+from . import backup, broker, messages
 from .c4gh import CIPHER_SEGMENT_SIZE, BodyDecryptor, load_private_keys, session_keys
 from .checksums import Checksummer
 from .logs import Progress
@@ -62,7 +62,13 @@ def handle(worker, ctx, message):
         if recorded != decrypted or file["decrypted_size"] != size:
             raise IntegrityError("re-verification found other checksums than recorded: "
                                  f"{decrypted} instead of {recorded}")
-        worker.db.note(file["id"], ctx, file["status"], reason="re-verified")
+        reason = "re-verified"
+        if worker.backup is not None and file["backup_path"]:  # the second copy too
+            backup.prove(worker.backup, file["backup_path"], file["archive_size"],
+                         worker.db.checksums(file["id"], "archived")["sha256"],
+                         progress_interval=worker.config["log.progress_interval"])
+            reason = "re-verified, and the backup copy read back right"
+        worker.db.note(file["id"], ctx, file["status"], reason=reason)
         return
     if worker.db.set_verified(file["id"], ctx, size, decrypted):
         request_accession(ctx, file, decrypted)

@@ -52,13 +52,14 @@ class Worker:
     """Runs one step (``handle(worker, ctx, body)``) over the messages of one queue."""
 
     def __init__(self, name, queue, kind, handle, config, vault=None, stopping=None,
-                 database=True, park_bad_messages=False):
+                 database=True, park_bad_messages=False, backup=None):
         self.name = name
         self.queue = queue
         self.kind = kind
         self.handle = handle
         self.config = config
         self.vault = vault
+        self.backup = backup  # the backup storage, if there is one
         self.park_bad_messages = park_bad_messages
         self.ident = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.db = Database(config["db.dsn"], worker=self.ident) if database else None
@@ -272,7 +273,7 @@ class Worker:
         if ctx.file_id:
             file = self.db.file(ctx.file_id)
             if file and file["status"] in IN_PROGRESS:
-                self.remove_from_vault(file)
+                self.remove_copies(file)
                 self.db.set_error(ctx.file_id, ctx, error.code, error.reason, expected=IN_PROGRESS)
         report = {"error": error.code, "reason": error.reason, "original-message": ctx.raw_text}
         if isinstance(ctx.user, str) and ctx.user.strip():
@@ -281,10 +282,12 @@ class Worker:
             report["filepath"] = ctx.filepath
         ctx.to_cega("files.error", messages.ERROR, report)
 
-    def remove_from_vault(self, file):
-        """Remove the file's vault object: where it was recorded, or where an attempt
-        that did not get to record it would have put it."""
+    def remove_copies(self, file):
+        """Remove the file's vault object and its backup copy: where they were recorded,
+        or where an attempt that did not get to record them would have put them."""
         self.vault.delete(file["archive_path"] or self.vault.path_for(file["id"]))
+        if self.backup is not None:
+            self.backup.delete(file["backup_path"] or self.backup.path_for(file["id"]))
 
     def park_bad_message(self, ctx, error):
         """A message that is not valid, on a queue where no file answers for it: parked
@@ -414,14 +417,18 @@ def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, databas
         logs.setup(config["log.level"], config["log.format"], name)
         queue = config[queue] if queue.startswith("broker.") else queue
         store = lega_vault.from_config(config) if vault else None
+        backup = lega_vault.from_config(config, "backup") if vault else None
         worker = Worker(name, queue, kind, handle, config, vault=store, stopping=stopping,
-                        database=database, park_bad_messages=park_bad_messages)
+                        database=database, park_bad_messages=park_bad_messages,
+                        backup=backup)
         if prepare is not None:
             prepare(worker)
         if config["worker.health_port"]:
             health.serve(worker, config["worker.health_address"], config["worker.health_port"])
         if store is not None:
             wait_until_usable("the vault", store.check, config, worker._waiting)
+        if backup is not None:
+            wait_until_usable("the backup storage", backup.check, config, worker._waiting)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,87 @@
+"""The backup copy (SPEC 10): a second copy of every archived body, in another storage.
+
+A copy is made from the vault object through the backup storage's own atomic writer
+(a temporary name, fsync and rename; a multipart upload, aborted on failure), under the
+file id, as in the vault. It counts only once it has been **read back** from the backup
+storage (not from this machine's cache) with the size and sha256 recorded at ingest; a
+copy that does not read back right is removed. Any failure here is our side's trouble,
+never the submitter's. A crash leaves either no object or a whole one under the name;
+the next attempt proves a whole one it finds instead of copying again.
+"""
+
+import logging
+
+from .checksums import Checksummer
+from .errors import IntegrityError
+from .logs import Progress
+
+LOG = logging.getLogger("lega.backup")
+CHUNK = 1024 * 1024
+
+
+def prove(store, path, size, sha256, what="the backup copy", progress_interval=0):
+    """Read the object back and compare it with the recorded size and sha256; raises
+    IntegrityError saying what is wrong (missing, size, sha256)."""
+    try:
+        actual = store.size(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{what} {path} is missing") from None
+    if actual != size:
+        raise IntegrityError(f"{what} {path} has {actual} bytes, not {size} as archived")
+    store.forget_cached(path)
+    progress = Progress(f"reading back {what}", size, progress_interval)
+    with store.open(path) as stream, Checksummer("sha256", size_hint=size) as checksum:
+        while chunk := stream.read(CHUNK):
+            checksum.feed(chunk)
+            progress.add(len(chunk))
+        found = checksum.result()["sha256"]
+    if found != sha256:
+        raise IntegrityError(f"{what} {path} has sha256 {found}, not {sha256} as archived")
+
+
+def copy(vault, backup, archive_path, backup_path, size, sha256, retry,
+         progress_interval=0):
+    """Copy the vault object to the backup storage (visible only when whole). What is
+    read from the vault is checksummed on the way: a vault copy that is not what was
+    archived is never copied (IntegrityError, nothing left in the backup storage)."""
+    progress = Progress("backing up", size, progress_interval)
+    with vault.open(archive_path) as source, \
+            backup.writer(backup_path, size, retry) as target, \
+            Checksummer("sha256", size_hint=size) as checksum:
+        while chunk := source.read(CHUNK):
+            checksum.feed(chunk)
+            target.write(chunk)
+            progress.add(len(chunk))
+        found = checksum.result()["sha256"]
+        if found != sha256:
+            raise IntegrityError(f"the vault copy {archive_path} has sha256 {found}, not "
+                                 f"{sha256} as archived: not copied to the backup storage")
+        target.commit()
+
+
+def back_up(vault, backup, file, sha256, retry, progress_interval=0):
+    """Make the file's backup copy and prove it; returns its path. A whole copy left by
+    an earlier attempt is proven rather than made again; one that does not read back
+    right is removed, and the trouble raised."""
+    path = backup.path_for(file["id"])
+    size = file["archive_size"]
+    try:
+        found = backup.size(path)
+    except FileNotFoundError:
+        found = None
+    if found == size:
+        try:
+            prove(backup, path, size, sha256, progress_interval=progress_interval)
+            LOG.info("a whole backup copy %s was there already (an earlier attempt): proven",
+                     path)
+            return path
+        except IntegrityError as e:
+            LOG.warning("%s: copying again", e)
+    copy(vault, backup, file["archive_path"], path, size, sha256, retry or found is not None,
+         progress_interval)
+    try:
+        prove(backup, path, size, sha256, progress_interval=progress_interval)
+    except IntegrityError:
+        backup.delete(path)
+        raise
+    return path
