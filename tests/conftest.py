@@ -267,19 +267,21 @@ class BucketStore:
 # -- the stack ----------------------------------------------------------------------------
 
 class Stack:
-    def __init__(self, root, config_path, config, cega, keys, inbox, vault):
+    def __init__(self, root, config_path, config, cega, keys, inbox, vault, backup):
         self.root = root
         self.config_path = config_path
         self.driver = config["vault"]["driver"]
         self.config = config
         self.inbox = inbox  # a FolderStore or a BucketStore
         self.vault = vault
+        self.backup = backup  # the backup storage: the other kind
         self.cega = cega
         self.keys = keys
         self.db = None  # set by the fixture: a direct connection, not the workers' proxy
         self.processes = {}
         self.health = {}
         self.broker_urls = {}  # each worker's own broker user, when made
+        self.log_marks = {}  # where each worker's log was when it was last started
 
     # the worker programs
     def start_worker(self, name, tag=None, env=None):
@@ -287,6 +289,7 @@ class Stack:
         /health, /ready and /metrics on a port of its own (``self.health[tag]``)."""
         tag = tag or name
         log = open(self.root / f"{tag}.log", "ab")
+        self.log_marks[tag] = log.tell()  # this start's lines come after
         port = seaweed.free_port()
         self.health[tag] = f"http://127.0.0.1:{port}"
         env = {**os.environ, "LEGA_WORKER_HEALTH_PORT": str(port),
@@ -305,10 +308,12 @@ class Stack:
                                             password=WORKER_PASSWORD)
 
     def wait_consuming(self, tag, timeout=30):
-        """Until the worker says it consumes (its topology is declared by then)."""
+        """Until the worker (as last started) says it consumes (its topology is
+        declared, and its /health served, by then)."""
         log, process = self.root / f"{tag}.log", self.processes[tag]
         deadline = time.monotonic() + timeout
-        while "consuming from" not in log.read_text():
+        while "consuming from" not in log.read_bytes()[self.log_marks.get(tag, 0):].decode(
+                errors="replace"):
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()
             time.sleep(0.05)
 
@@ -541,26 +546,37 @@ def stack(request, tmp_path_factory, keys):
         "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
         "log": {"level": "DEBUG"},
     }
-    proxy = None
+    proxy = backup_proxy = None
+    # the backup copy on the other kind of storage: a POSIX vault with an S3 backup, and
+    # the reverse
+    server = request.getfixturevalue("s3_server")
+    client = s3_client(server["endpoint"], server["access_key"], server["secret_key"])
+    (root / "s3-secret").write_text(server["secret_key"] + "\n")
+    suffix = uuid.uuid4().hex[:8]
+    s3_settings = {"endpoint": server["endpoint"], "access_key": server["access_key"],
+                   "secret_key_file": str(root / "s3-secret")}
     if request.param == "posix":
         config["inbox"] = {"location": str(root / "inbox")}
         config["vault"] = {"driver": "posix", "location": str(root / "vault")}
+        endpoint = urlsplit(server["endpoint"])
+        backup_proxy = TcpProxy(endpoint.hostname, endpoint.port)  # to make it unreachable
+        config["backup"] = {"driver": "s3", "s3": {**s3_settings, "bucket": f"backup-{suffix}",
+                                                   "endpoint": backup_proxy.endpoint,
+                                                   "min_part_size": 5 * 1024 * 1024}}
         inbox, vault = FolderStore(root / "inbox"), FolderStore(root / "vault")
+        backup = BucketStore(client, f"backup-{suffix}")  # made by the workers
     else:
-        server = request.getfixturevalue("s3_server")
         endpoint = urlsplit(server["endpoint"])
         proxy = TcpProxy(endpoint.hostname, endpoint.port)
-        (root / "s3-secret").write_text(server["secret_key"] + "\n")
-        suffix = uuid.uuid4().hex[:8]
-        s3_settings = {"endpoint": proxy.endpoint, "access_key": server["access_key"],
-                       "secret_key_file": str(root / "s3-secret")}
+        s3_settings["endpoint"] = proxy.endpoint
         config["inbox"] = {"driver": "s3", "s3": {**s3_settings, "bucket": f"inbox-{suffix}"}}
         config["vault"] = {"driver": "s3", "s3": {**s3_settings, "bucket": f"vault-{suffix}",
                                                   "min_part_size": 5 * 1024 * 1024}}
-        client = s3_client(server["endpoint"], server["access_key"], server["secret_key"])
+        config["backup"] = {"driver": "posix", "location": str(root / "backup")}
         client.create_bucket(Bucket=f"inbox-{suffix}")  # the vault's: made by the workers
         inbox = BucketStore(client, f"inbox-{suffix}")
         vault = BucketStore(client, f"vault-{suffix}")
+        backup = FolderStore(root / "backup")
     config_path = root / "lega.yaml"
     config_path.write_text(yaml.safe_dump(config))
     migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db", "migrate"],
@@ -569,10 +585,10 @@ def stack(request, tmp_path_factory, keys):
 
     cega = CentralEGA(BROKER_URL)
     create_worker_roles(dsn)
-    stack = Stack(root, config_path, config, cega, keys, inbox, vault)
+    stack = Stack(root, config_path, config, cega, keys, inbox, vault, backup)
     stack.db = Database(dsn, worker="tests")  # the tests' own view: not through the proxy
     stack.direct_dsn = dsn
-    stack.proxy, stack.db_proxy = proxy, db_proxy
+    stack.proxy, stack.db_proxy, stack.backup_proxy = proxy, db_proxy, backup_proxy
     stack.broker_urls = broker_urls
     for name in STACK_WORKERS:
         stack.start_worker(name)
@@ -585,8 +601,9 @@ def stack(request, tmp_path_factory, keys):
     cega.thread.join(timeout=5)
     stack.db.close()
     db_proxy.close()
-    if proxy is not None:
-        proxy.close()
+    for one in (proxy, backup_proxy):
+        if one is not None:
+            one.close()
 
 
 @pytest.fixture(autouse=True)
@@ -723,10 +740,14 @@ def assert_ready(stack, user, filepath, plaintext, uploaded, timeout=30, restart
     assert report["decrypted_size"] == len(plaintext)
     assert report["error"] is None
 
-    # the vault object is exactly the upload minus its header
+    # the vault object is exactly the upload minus its header, and so is its backup
+    # copy, proven before the file became ready
     body = stack.vault.read(report["archive_path"])
     assert body == uploaded[header_length(uploaded):]
     assert report["archive_size"] == len(body)
+    assert report["backup_path"] and stack.backup.read(report["backup_path"]) == body
+    history = [e["status"] for e in report["history"]]
+    assert history.index("backed up") < history.index("ready"), history
     ours = {"sha256": hashlib.sha256(uploaded).hexdigest(),
             "md5": hashlib.md5(uploaded).hexdigest()}
     recorded = {c["type"]: c["value"] for c in report["encrypted_checksums"]}
@@ -778,6 +799,7 @@ def assert_user_error(stack, user, filepath, code, vault_before, processing=True
     assert error["error"] == code, error
     assert error["reason"] == report["error"] and report["error_code"] == code
     assert stack.vault_files() == vault_before
+    assert not [k for k in stack.backup.listing() if report["file_id"] in k]
     assert_good_file_completes(stack)
     routing_keys = [rk for rk, _, _ in stack.cega.messages(user, filepath)]
     assert routing_keys.count("files.error") == 1

@@ -46,7 +46,8 @@ def test_health_and_ready(stack, tag):
     assert status == 200 and json.loads(body)["status"] == "alive"
     status, body = get(stack.health[tag] + "/ready")
     assert status == 200, body
-    assert json.loads(body) == {"ready": True, "broker": "ok", "database": "ok", "vault": "ok"}
+    assert json.loads(body) == {"ready": True, "broker": "ok", "database": "ok", "vault": "ok",
+                                "backup": "ok"}
     assert get(stack.health[tag] + "/nothing")[0] == 404
 
 
@@ -164,7 +165,8 @@ def test_admin_re_verify(stack):
     deadline = time.monotonic() + 30
     while True:
         history = stack.report(user, "again.c4gh")["history"]
-        if any(e["reason"] == "re-verified" for e in history):
+        if any(e["reason"] == "re-verified, and the backup copy read back right"
+               for e in history):
             break
         assert time.monotonic() < deadline, history
         time.sleep(0.1)

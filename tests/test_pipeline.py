@@ -75,7 +75,8 @@ def test_admin_file_json(stack):
                   "archive_size", "decrypted_size", "decrypted_checksums", "error"):
         assert shown[field] == expected[field], field
     assert shown["status"] == "ready" and shown["error"] is None
-    assert [e["status"] for e in shown["history"]] == ["submitted", "archived", "verified", "ready"]
+    assert [e["status"] for e in shown["history"]] == ["submitted", "archived", "verified",
+                                                       "backed up", "ready"]
     text = subprocess.run([str(BIN / "ega-admin"), "--conf", str(stack.config_path), "file", user,
                            "shown.c4gh"], capture_output=True, text=True, check=True).stdout
     assert shown["accession_id"] in text and "history:" in text

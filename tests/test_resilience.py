@@ -93,7 +93,7 @@ def test_ingest_killed_mid_upload_restarts_clean(stack):
     assert set(stack.vault_files()) - before == {report["archive_path"]}
     assert stack.vault.read(report["archive_path"]) == uploaded[-report["archive_size"]:]
     assert [e["status"] for e in report["history"]] == ["submitted", "archived", "verified",
-                                                         "ready"]
+                                                         "backed up", "ready"]
 
 
 def test_verify_killed_mid_file_restarts_clean(stack):
@@ -239,7 +239,7 @@ def test_parked_message_is_listed_and_sent_back(stack):
     assert f"sent {ours[0]['id']} back to archived" in out.stdout
     report = assert_ready(stack, user, "parked.c4gh", plaintext, uploaded)
     assert [e["status"] for e in report["history"]] == [
-        "submitted", "archived", "error", "archived", "verified", "ready"]
+        "submitted", "archived", "error", "archived", "verified", "backed up", "ready"]
     listed = json.loads(admin(stack, "dead-letters", "list", "--json").stdout)
     assert parked["file_id"] not in [m["file_id"] for m in listed]
     missing = admin(stack, "dead-letters", "requeue", "no-such-id", check=False)

@@ -72,7 +72,7 @@ def test_s3_unreachable_during_ingest(s3_stack):
     assert sorted(set(stack.vault_files()) - set(before)) == [report["archive_path"]]
     assert stack.vault.uploads() == []
     history = [e["status"] for e in report["history"]]
-    assert history == ["submitted", "archived", "verified", "ready"]
+    assert history == ["submitted", "archived", "verified", "backed up", "ready"]
 
 
 def test_ranged_reads(s3_server):
