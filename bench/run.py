@@ -10,7 +10,10 @@ same files in the same run. Prints a table and writes bench/results/bench.json.
 - peak RSS of every worker after that file, and after a big one;
 - many small files end to end (trigger -> files.completed, Central EGA answering), with
   one and with two workers of each kind;
-- two files on two ingest workers at once, against one file on one.
+- two files on two ingest workers at once, against one file on one;
+- one file end to end (trigger -> ready) with a POSIX backup copy and without one: what
+  the backup adds, against one `cp` + `sync` of the body plus one read of it from the
+  disk.
 """
 
 import argparse
@@ -136,6 +139,48 @@ def two_ingests(work, keys, size_mib):
         shutil.rmtree(stack.work, ignore_errors=True)
 
 
+def cold_read_s(path):
+    """Seconds to read a file from the disk, not from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        start = time.monotonic()
+        while os.read(fd, 1024 * 1024):
+            pass
+        return time.monotonic() - start
+    finally:
+        os.close(fd)
+
+
+def backup_cost(work, keys, size_mib):
+    """One file trigger -> ready without a backup, then with a POSIX one; the baseline:
+    one cp + sync of the body, plus one read of it from the disk."""
+    result = {}
+    for label in ("none", "posix"):
+        backup = {"driver": "posix", "location": str(work / "backup-store")} \
+            if label == "posix" else None
+        stack = BenchStack(work / f"backup-{label}", keys, backup=backup)
+        try:
+            plain, _ = upload_file(stack, keys, size_mib)
+            plain.unlink()
+            subprocess.run(["sync"], check=True)
+            start = time.time()
+            stack.trigger(("bench", "file.c4gh"))
+            result[f"{label}_s"] = stack.wait(["bench"], "ready")["bench"] - start
+            if label == "posix":
+                body = next(p for p in stack.vault_dir.rglob("*") if p.is_file())
+                result["body_bytes"] = body.stat().st_size
+                target = stack.work / "cp-target"
+                result["cp_sync_s"] = timed(f"cp '{body}' '{target}' && sync")
+                result["cold_read_s"] = cold_read_s(target)
+                target.unlink()
+        finally:
+            stack.stop()
+            shutil.rmtree(stack.work, ignore_errors=True)
+    shutil.rmtree(work / "backup-store", ignore_errors=True)
+    return result
+
+
 def mbps(size, seconds):
     return size / seconds / 1e6
 
@@ -175,6 +220,13 @@ def report(r, args):
     lines.append(f"two files on two ingest workers: {mbps(two['bytes'], two['seconds']):.0f} "
                  f"MB/s together, {scaling:.2f} x one ingest (target >= 1.6); two cp + sync "
                  f"at once: {mbps(two['bytes'], two['two_cp_sync_s']):.0f} MB/s together")
+    b = r["backup"]
+    added, allowed = b["posix_s"] - b["none_s"], b["cp_sync_s"] + b["cold_read_s"]
+    r["ratios"]["backup_added_vs_cp_and_read"] = added / allowed
+    lines.append(f"one file end to end: {b['none_s']:.2f} s without a backup, {b['posix_s']:.2f}"
+                 f" s with a POSIX one: the backup adds {added:.2f} s, against {allowed:.2f} s"
+                 f" for one cp + sync of the body ({b['cp_sync_s']:.2f} s) and one read of it "
+                 f"from the disk ({b['cold_read_s']:.2f} s) (target: no more)")
     return "\n".join(lines)
 
 
@@ -195,6 +247,7 @@ def main():
             results[f"small_files_{workers}"] = small_files(work, keys, args.small_count,
                                                             args.small_kib, workers)
         results["two_ingests"] = two_ingests(work, keys, args.size_mib)
+        results["backup"] = backup_cost(work, keys, args.size_mib)
     table = report(results, args)
     print(table)
     out = ROOT / "bench" / "results"

@@ -49,7 +49,7 @@ class BenchStack:
     """Fresh database and queues, a POSIX inbox and vault (or S3 ones), N workers of
     each kind, and Central EGA answering accession requests."""
 
-    def __init__(self, work, keys, workers=1, vault=None, inbox=None):
+    def __init__(self, work, keys, workers=1, vault=None, inbox=None, backup=None):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.keys = keys
@@ -65,6 +65,7 @@ class BenchStack:
             "retry": {"delays": [1], "max_attempts": 3},
             "inbox": inbox or {"location": str(self.inbox_dir)},
             "vault": vault or {"driver": "posix", "location": str(self.vault_dir)},
+            "backup": backup or {"driver": "none"},
         }
         self.config_path = self.work / "bench.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
