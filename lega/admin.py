@@ -12,11 +12,14 @@
     ega-admin key USER FILEPATH     which of the configured keys the file is encrypted for
     ega-admin dead-letters list     the messages parked for operators
     ega-admin dead-letters requeue  send them (--all, or some ids) back for another try
+    ega-admin fixity (--all | --file USER FILEPATH) [--repair]
+                                    prove every stored copy again (and mend the bad ones)
 
 ``--json`` prints machine-readable output instead of text.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -174,6 +177,47 @@ def dead_letters_command(args, config, db):
     return 1 if missing else 0
 
 
+def fixity_command(args, config, db):
+    from . import fixity, vault
+
+    file_id = None
+    if args.dataset:
+        print(f"no dataset {args.dataset} on this node (datasets are not recorded yet)",
+              file=sys.stderr)
+        return 2
+    if args.file:
+        file = db.latest_file(*args.file)
+        if file is None:
+            print(f"no file {args.file[1]!r} for user {args.file[0]!r}", file=sys.stderr)
+            return 2
+        file_id = str(file["id"])
+    bad = []
+
+    def on_result(result):
+        if result.bad or result.repaired:
+            bad.append(dataclasses.asdict(result) | {"bad": result.bad})
+
+    checker = fixity.Fixity(config, db, vault.from_config(config),
+                            vault.from_config(config, "backup"))
+    summary = checker.run(file_id, args.repair, on_result)
+    if args.metrics_file:
+        fixity.write_metrics(args.metrics_file, summary)
+    if args.json:
+        print(json.dumps({**summary, "files": bad}))
+    else:
+        rate = summary["bytes_checked"] / max(summary["seconds"], 1e-6) / 1e6
+        print(table([{"files checked": summary["files_checked"],
+                      "bytes": summary["bytes_checked"], "good": summary["good"],
+                      "bad": summary["bad"], "repaired": summary["repaired"],
+                      "seconds": f"{summary['seconds']:.1f}", "MB/s": f"{rate:.0f}"}]))
+        for one in bad:
+            print(f"\n{one['user']}:{one['filepath']} ({one['file_id']}) "
+                  f"{'BAD' if one['bad'] else 'repaired'}\n  vault:  {one['vault']}\n"
+                  f"  backup: {one['backup']}"
+                  + "".join(f"\n  repaired: {r}" for r in one["repaired"]))
+    return 1 if summary["bad"] else 0
+
+
 def login_role(db, given):
     """``WORKER=FILE``: the login role and password of the DSN in FILE, made a member of
     the worker's group role."""
@@ -258,6 +302,20 @@ def main(argv=None):
     which.add_argument("--all", action="store_true", help="every parked message")
     which.add_argument("ids", nargs="*", default=[], help="the ids shown by list")
 
+    fixity = sub.add_parser("fixity", help="prove the stored copies again: the vault copy "
+                                           "decrypted in full, the backup read back")
+    scope = fixity.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every verified or ready file")
+    scope.add_argument("--dataset", metavar="DATASET_ID", help="the files of a dataset")
+    scope.add_argument("--file", nargs=2, metavar=("USER", "FILEPATH"), help="one file")
+    fixity.add_argument("--repair", action="store_true",
+                        help="restore a missing or wrong copy from the other one, once that "
+                             "one is proven good")
+    fixity.add_argument("--metrics-file", metavar="PATH",
+                        help="write the run's figures there, for node_exporter's textfile "
+                             "collector (e.g. /var/lib/node_exporter/lega_fixity.prom)")
+    fixity.add_argument("--json", action="store_true", help="print one JSON object")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "keys":
@@ -285,6 +343,8 @@ def main(argv=None):
 
         if args.command == "dead-letters":
             return dead_letters_command(args, config, db)
+        if args.command == "fixity":
+            return fixity_command(args, config, db)
         if args.command in ("files", "errors"):
             rows = [listed(f) for f in db.files("error" if args.command == "errors"
                                                 else args.status,

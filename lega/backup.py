@@ -19,9 +19,11 @@ LOG = logging.getLogger("lega.backup")
 CHUNK = 1024 * 1024
 
 
-def prove(store, path, size, sha256, what="the backup copy", progress_interval=0):
+def prove(store, path, size, sha256, what="the backup copy", progress_interval=0,
+          on_read=None):
     """Read the object back and compare it with the recorded size and sha256; raises
-    IntegrityError saying what is wrong (missing, size, sha256)."""
+    IntegrityError saying what is wrong (missing, size, sha256). ``on_read(n)`` is told
+    of every n bytes read."""
     try:
         actual = store.size(path)
     except FileNotFoundError:
@@ -34,16 +36,18 @@ def prove(store, path, size, sha256, what="the backup copy", progress_interval=0
         while chunk := stream.read(CHUNK):
             checksum.feed(chunk)
             progress.add(len(chunk))
+            if on_read is not None:
+                on_read(len(chunk))
         found = checksum.result()["sha256"]
     if found != sha256:
         raise IntegrityError(f"{what} {path} has sha256 {found}, not {sha256} as archived")
 
 
 def copy(vault, backup, archive_path, backup_path, size, sha256, retry,
-         progress_interval=0):
-    """Copy the vault object to the backup storage (visible only when whole). What is
-    read from the vault is checksummed on the way: a vault copy that is not what was
-    archived is never copied (IntegrityError, nothing left in the backup storage)."""
+         progress_interval=0, source="the vault copy", target="the backup storage"):
+    """Copy the vault object to the backup storage (visible only when whole), or, for a
+    repair, the other way round. What is read is checksummed on the way: a source that
+    is not what was archived is never copied (IntegrityError, nothing left behind)."""
     progress = Progress("backing up", size, progress_interval)
     with vault.open(archive_path) as source, \
             backup.writer(backup_path, size, retry) as target, \
@@ -54,8 +58,8 @@ def copy(vault, backup, archive_path, backup_path, size, sha256, retry,
             progress.add(len(chunk))
         found = checksum.result()["sha256"]
         if found != sha256:
-            raise IntegrityError(f"the vault copy {archive_path} has sha256 {found}, not "
-                                 f"{sha256} as archived: not copied to the backup storage")
+            raise IntegrityError(f"{source} {archive_path} has sha256 {found}, not "
+                                 f"{sha256} as archived: not copied to {target}")
         target.commit()
 
 

@@ -178,6 +178,43 @@ class Database:
                              ORDER BY updated_at DESC LIMIT %(limit)s""",
                           {"status": status, "user": user, "limit": limit})
 
+    STORED = ("verified", "ready")  # the statuses of files whose copies are kept
+
+    def stored_files(self, file_id=None, batch=200):
+        """Every file whose copies are kept (or just ``file_id``), streamed from the
+        database in batches by a server-side cursor on a connection of its own: memory
+        stays bounded whatever the archive's size."""
+        conn = psycopg2.connect(self.dsn, connect_timeout=10,
+                                application_name=f"{self.worker[:50]}-list")
+        try:
+            with conn, conn.cursor(name="stored_files",
+                                   cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.itersize = batch
+                cur.execute(sql.SQL("""SELECT {} FROM files
+                                        WHERE status = ANY(%s) AND archive_path IS NOT NULL
+                                          AND (%s::uuid IS NULL OR id = %s::uuid)
+                                        ORDER BY created_at, id""").format(FILE_COLUMNS),
+                            (list(self.STORED), file_id, file_id))
+                yield from cur
+        finally:
+            conn.close()
+
+    def stored_totals(self, file_id=None):
+        """(files, bytes) that ``stored_files`` yields."""
+        row = self._read_one("""SELECT count(*) AS n, coalesce(sum(archive_size), 0) AS bytes
+                                  FROM files WHERE status = ANY(%s) AND archive_path IS NOT NULL
+                                   AND (%s::uuid IS NULL OR id = %s::uuid)""",
+                             (list(self.STORED), file_id, file_id))
+        return row["n"], int(row["bytes"])
+
+    def set_backup_path(self, file_id, ctx, backup_path, reason):
+        """An operator's repair made the backup copy: recorded, with a history line."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE files SET backup_path = %s, updated_at = now() WHERE id = %s",
+                        (backup_path, file_id))
+            cur.execute("SELECT status FROM files WHERE id = %s", (file_id,))
+            self._event(cur, file_id, cur.fetchone()["status"], ctx, reason=reason)
+
     def checksums(self, file_id, source):
         rows = self._read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
                           (file_id, source))

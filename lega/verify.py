@@ -48,12 +48,12 @@ def handle(worker, ctx, message):
     if re_verify:  # old data: a retired key may open it, and a failure is ours to fix
         try:
             keys = session_keys(header, worker.keys + worker.retired_keys)
-            size, decrypted = decrypt_and_check(worker, file, keys)
+            size, decrypted = check_vault_copy(worker, file, keys)
         except UserError as e:
             raise IntegrityError(f"re-verification failed: {e.code}: {e.reason}") from None
     else:
         keys = session_keys(header, worker.keys, worker.retired_keys)
-        size, decrypted = decrypt_and_check(worker, file, keys)
+        size, decrypted = check_vault_copy(worker, file, keys)
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
              decrypted["sha256"])
 
@@ -76,11 +76,19 @@ def handle(worker, ctx, message):
         LOG.info("the file changed status while being verified (cancelled?): not reported")
 
 
-def decrypt_and_check(worker, file, keys):
-    """Stream the vault object once: its sha256, and the plaintext's size and checksums."""
+def check_vault_copy(worker, file, keys):
+    return decrypt_and_check(worker.vault, file, keys,
+                             worker.db.checksums(file["id"], "archived")["sha256"],
+                             worker.config["log.progress_interval"])
+
+
+def decrypt_and_check(vault, file, keys, recorded, progress_interval=0, on_read=None):
+    """Stream the vault object once: its sha256 (which must be ``recorded``, the one of
+    ingest), and the plaintext's size and checksums. ``on_read(n)`` is told of every
+    n bytes read."""
     archive_path = file["archive_path"]
     try:
-        actual_size = worker.vault.size(archive_path)
+        actual_size = vault.size(archive_path)
     except FileNotFoundError:
         raise IntegrityError(f"the vault object {archive_path} is missing") from None
     if actual_size != file["archive_size"]:
@@ -88,7 +96,7 @@ def decrypt_and_check(worker, file, keys):
                              f"not {file['archive_size']} as archived")
 
     # the checksums run on threads of their own while this one reads and decrypts
-    with contextlib.ExitStack() as threads, worker.vault.open(archive_path) as stream:
+    with contextlib.ExitStack() as threads, vault.open(archive_path) as stream:
         size = file["archive_size"]
         archived = threads.enter_context(Checksummer("sha256", size_hint=size,
                                                      nice=SHA256_NICE))
@@ -96,9 +104,11 @@ def decrypt_and_check(worker, file, keys):
                  threads.enter_context(Checksummer("md5", size_hint=size))]
         decryptor = BodyDecryptor(keys)
         user_error = None
-        progress = Progress("verifying", size, worker.config["log.progress_interval"])
+        progress = Progress("verifying", size, progress_interval)
         while chunk := stream.read(READ_SIZE):
             progress.add(len(chunk))
+            if on_read is not None:
+                on_read(len(chunk))
             archived.feed(chunk)
             if user_error is None:  # after one, only the archive's checksum goes on
                 user_error = _decrypt(decryptor.update, chunk, plain)
@@ -108,7 +118,6 @@ def decrypt_and_check(worker, file, keys):
         decrypted = {k: v for checksummer in plain for k, v in checksummer.result().items()}
         size = plain[0].size
 
-    recorded = worker.db.checksums(file["id"], "archived")["sha256"]
     if archived_sha256 != recorded:
         raise IntegrityError(f"the vault object {archive_path} has sha256 "
                              f"{archived_sha256}, not {recorded} as archived")
