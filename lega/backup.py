@@ -4,7 +4,9 @@ A copy is made from the vault object through the backup storage's own atomic wri
 (a temporary name, fsync and rename; a multipart upload, aborted on failure), under the
 file id, as in the vault. It counts only once it has been **read back** from the backup
 storage (not from this machine's cache) with the size and sha256 recorded at ingest; a
-copy that does not read back right is removed. Any failure here is our side's trouble,
+copy that does not read back right is removed (and when the vault copy is what is
+wrong, that is what the error says). Between two folders the copy is made in the
+kernel, as ``cp`` does. Any failure here is our side's trouble,
 never the submitter's. A crash leaves either no object or a whole one under the name;
 the next attempt proves a whole one it finds instead of copying again.
 """
@@ -43,24 +45,12 @@ def prove(store, path, size, sha256, what="the backup copy", progress_interval=0
         raise IntegrityError(f"{what} {path} has sha256 {found}, not {sha256} as archived")
 
 
-def copy(vault, backup, archive_path, backup_path, size, sha256, retry,
-         progress_interval=0, source="the vault copy", target="the backup storage"):
-    """Copy the vault object to the backup storage (visible only when whole), or, for a
-    repair, the other way round. What is read is checksummed on the way: a source that
-    is not what was archived is never copied (IntegrityError, nothing left behind)."""
-    progress = Progress("backing up", size, progress_interval)
-    with vault.open(archive_path) as source, \
-            backup.writer(backup_path, size, retry) as target, \
-            Checksummer("sha256", size_hint=size) as checksum:
-        while chunk := source.read(CHUNK):
-            checksum.feed(chunk)
-            target.write(chunk)
-            progress.add(len(chunk))
-        found = checksum.result()["sha256"]
-        if found != sha256:
-            raise IntegrityError(f"{source} {archive_path} has sha256 {found}, not "
-                                 f"{sha256} as archived: not copied to {target}")
-        target.commit()
+def copy(source, target, source_path, target_path, size, retry, progress_interval=0):
+    """Copy an object from one store to another (the vault object to the backup storage,
+    or back for a repair), visible there only when whole. What it holds is proven by
+    reading it back (``prove``), not on the way."""
+    progress = Progress("copying", size, progress_interval)
+    target.copy_from(source, source_path, target_path, size, retry, progress.add)
 
 
 def back_up(vault, backup, file, sha256, retry, progress_interval=0):
@@ -81,11 +71,13 @@ def back_up(vault, backup, file, sha256, retry, progress_interval=0):
             return path
         except IntegrityError as e:
             LOG.warning("%s: copying again", e)
-    copy(vault, backup, file["archive_path"], path, size, sha256, retry or found is not None,
+    copy(vault, backup, file["archive_path"], path, size, retry or found is not None,
          progress_interval)
     try:
         prove(backup, path, size, sha256, progress_interval=progress_interval)
-    except IntegrityError:
+    except IntegrityError as bad_copy:
         backup.delete(path)
-        raise
+        # whose fault: a vault copy that is not what was archived is never kept copied
+        prove(vault, file["archive_path"], size, sha256, what="the vault copy")
+        raise bad_copy
     return path

@@ -157,7 +157,7 @@ class Fixity:
         if result.vault == "good" and result.backup not in ("good", "none"):
             LOG.info("%s: restoring the backup copy from the proven vault copy", result.file_id)
             lega_backup.copy(self.vault, self.backup, file["archive_path"], backup_path, size,
-                             archived, retry=True)
+                             retry=True)
             result.backup = self._problem(lambda: lega_backup.prove(
                 self.backup, backup_path, size, archived, on_read=on_read))
             if result.backup == "good":
@@ -168,8 +168,7 @@ class Fixity:
         elif result.vault != "good" and result.backup == "good":
             LOG.info("%s: restoring the vault copy from the proven backup copy", result.file_id)
             lega_backup.copy(self.backup, self.vault, backup_path, file["archive_path"], size,
-                             archived, retry=True, source="the backup copy",
-                             target="the vault")
+                             retry=True)
             result.vault = self._vault_copy(file, archived, on_read)
             if result.vault == "good":
                 result.repaired.append("vault copy restored from the backup copy")

@@ -7,6 +7,7 @@ object: a crash or an ``abort`` leaves nothing under the file's name.
 """
 
 import collections
+import errno
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ import botocore.exceptions
 from . import s3
 
 LOG = logging.getLogger(__name__)
+COPY_CHUNK = 8 * 1024 * 1024  # read and written at a time when copying between stores
 
 
 class VaultWriter:
@@ -73,6 +75,16 @@ class Vault:
         """Let the next read of the object come from the storage itself, not from a
         copy this machine keeps (a read-back proves what the storage holds)."""
 
+    def copy_from(self, source, source_path, archive_path, size, retry=True, on_copied=None):
+        """Copy an object of another store here (visible only when whole); ``on_copied(n)``
+        is told of every n bytes copied."""
+        with source.open(source_path) as stream, self.writer(archive_path, size, retry) as out:
+            while chunk := stream.read(COPY_CHUNK):
+                out.write(chunk)
+                if on_copied is not None:
+                    on_copied(len(chunk))
+            out.commit()
+
 
 class _PosixWriter(VaultWriter):
     def __init__(self, final, retry):
@@ -89,6 +101,22 @@ class _PosixWriter(VaultWriter):
         view = memoryview(chunk)
         while view:
             view = view[self.f.write(view):]
+
+    def copy_file(self, fd, on_copied=None):
+        """Append what the file ``fd`` holds (from its offset), copied in the kernel (no
+        user-space copy) where the kernel can, else read and written."""
+        try:
+            while copied := os.copy_file_range(fd, self.f.fileno(), COPY_CHUNK * 8):
+                if on_copied is not None:
+                    on_copied(copied)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+        while chunk := os.read(fd, COPY_CHUNK):  # on from where the kernel stopped
+            self.write(chunk)
+            if on_copied is not None:
+                on_copied(len(chunk))
 
     def commit(self):
         self.f.flush()
@@ -152,6 +180,15 @@ class PosixVault(Vault):
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.root} is not writable")
+
+    def copy_from(self, source, source_path, archive_path, size, retry=True, on_copied=None):
+        """From another folder: copied in the kernel, as cp does."""
+        if not isinstance(source, PosixVault):
+            return super().copy_from(source, source_path, archive_path, size, retry, on_copied)
+        with open(source._file(source_path), "rb") as stream, \
+                self.writer(archive_path, size, retry) as out:
+            out.copy_file(stream.fileno(), on_copied)
+            out.commit()
 
     def forget_cached(self, archive_path):
         """The page cache's copy of a written (fsync-ed) file is dropped."""

@@ -151,15 +151,15 @@ def test_cancel_removes_both_copies(stack):
 
 
 def test_a_vault_copy_altered_before_the_backup_is_never_copied(stack):
-    """The vault object changed between verify and finalize: the backup is not made
-    from it (nothing in the backup storage), and it is our trouble (parked, never a
-    files.error), not the submitter's."""
+    """The vault object changed between verify and finalize: no backup copy is kept of
+    it (nothing in the backup storage), the error names the vault copy, and it is our
+    trouble (parked, never a files.error), not the submitter's."""
     user, plaintext, _, report = verified_file(stack, "rotten.c4gh", 100_000)
     stack.vault.flip_byte(report["archive_path"], 500)
     stack.accession(user, "rotten.c4gh", new_accession_id(), plaintext_checksums(plaintext))
     parked = stack.wait_status(user, "rotten.c4gh", "error", timeout=60)
     assert parked["error_code"] == "internal_error"
-    assert "not copied to the backup storage" in parked["error"]
+    assert f"the vault copy {report['archive_path']} has sha256" in parked["error"]
     assert not copies_of(stack, report["file_id"])
     sent = [rk for rk, _, _ in stack.cega.messages(user, "rotten.c4gh")]
     assert "files.error" not in sent and "files.completed" not in sent

@@ -1,0 +1,82 @@
+"""lega.backup and the stores' copy_from, on folders: the copy is whole or absent, is
+proven by reading it back, and a bad source is named as the one at fault."""
+
+import hashlib
+import os
+
+import pytest
+
+from lega import backup, vault
+from lega.errors import IntegrityError
+
+
+@pytest.fixture
+def stores(tmp_path):
+    source, target = vault.PosixVault(tmp_path / "vault"), vault.PosixVault(tmp_path / "backup")
+    source.check()
+    target.check()
+    return source, target
+
+
+def put(store, path, data):
+    with store.writer(path, len(data)) as out:
+        out.write(data)
+        out.commit()
+
+
+def test_a_copy_between_folders_is_the_same_bytes(stores):
+    source, target = stores
+    data = os.urandom(3 * vault.COPY_CHUNK + 12345)  # several kernel copies' worth
+    put(source, "ab/abc", data)
+    seen = []
+    target.copy_from(source, "ab/abc", "ab/abc", len(data), on_copied=seen.append)
+    assert (target.root / "ab/abc").read_bytes() == data and sum(seen) == len(data)
+    assert [p.name for p in (target.root / "ab").iterdir()] == ["abc"]  # no temporary left
+    backup.prove(target, "ab/abc", len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_the_user_space_copy_where_the_kernel_cannot(stores, monkeypatch):
+    source, target = stores
+    data = os.urandom(vault.COPY_CHUNK + 7)
+    put(source, "x", data)
+
+    def refuse(*args):
+        raise OSError(18, "Invalid cross-device link")  # EXDEV
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    target.copy_from(source, "x", "x", len(data))
+    assert (target.root / "x").read_bytes() == data
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.unlink(), "is missing"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-1]), "bytes, not"),
+    (lambda p: p.write_bytes(b"\0" + p.read_bytes()[1:]), "has sha256"),
+])
+def test_prove_says_what_is_wrong(stores, damage, says):
+    _, target = stores
+    data = b"\1" * 1000
+    put(target, "f", data)
+    damage(target.root / "f")
+    with pytest.raises(IntegrityError, match=says):
+        backup.prove(target, "f", len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_back_up_blames_a_bad_vault_copy_and_keeps_nothing(stores):
+    source, target = stores
+    data = os.urandom(5000)
+    put(source, "ff/ffid", data[:-1] + b"!")  # not what was archived
+    file = {"id": "ffid", "archive_path": "ff/ffid", "archive_size": len(data)}
+    with pytest.raises(IntegrityError, match="the vault copy ff/ffid has sha256"):
+        backup.back_up(source, target, file, hashlib.sha256(data).hexdigest(), retry=False)
+    assert not list(target.root.rglob("*ffid*"))
+
+
+def test_back_up_proves_a_whole_copy_left_by_an_earlier_attempt(stores, monkeypatch):
+    source, target = stores
+    data = os.urandom(5000)
+    put(source, "ee/eeid", data)
+    put(target, "ee/eeid", data)
+    file = {"id": "eeid", "archive_path": "ee/eeid", "archive_size": len(data)}
+    monkeypatch.setattr(vault.PosixVault, "copy_from", lambda *a, **k: pytest.fail("copied"))
+    assert backup.back_up(source, target, file, hashlib.sha256(data).hexdigest(),
+                          retry=True) == "ee/eeid"
