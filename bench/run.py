@@ -167,6 +167,12 @@ def backup_cost(work, keys, size_mib):
             start = time.time()
             stack.trigger(("bench", "file.c4gh"))
             result[f"{label}_s"] = stack.wait(["bench"], "ready")["bench"] - start
+            # fixity of what is stored: the vault copy alone, then with the backup copy
+            fixity = subprocess.run([str(conftest.BIN / "ega-admin"), "--conf",
+                                     str(stack.config_path), "fixity", "--all", "--json"],
+                                    capture_output=True, text=True, check=True)
+            summary = json.loads(fixity.stdout)
+            result[f"fixity_{label}_s"] = summary["seconds"]
             if label == "posix":
                 body = next(p for p in stack.vault_dir.rglob("*") if p.is_file())
                 result["body_bytes"] = body.stat().st_size
@@ -222,11 +228,16 @@ def report(r, args):
                  f"at once: {mbps(two['bytes'], two['two_cp_sync_s']):.0f} MB/s together")
     b = r["backup"]
     added, allowed = b["posix_s"] - b["none_s"], b["cp_sync_s"] + b["cold_read_s"]
+    r["ratios"]["fixity_vault_vs_verify"] = one["verify_s"] / b["fixity_none_s"]
     r["ratios"]["backup_added_vs_cp_and_read"] = added / allowed
     lines.append(f"one file end to end: {b['none_s']:.2f} s without a backup, {b['posix_s']:.2f}"
                  f" s with a POSIX one: the backup adds {added:.2f} s, against {allowed:.2f} s"
                  f" for one cp + sync of the body ({b['cp_sync_s']:.2f} s) and one read of it "
                  f"from the disk ({b['cold_read_s']:.2f} s) (target: no more)")
+    lines.append(f"ega-admin fixity of that file: the vault copy alone {b['fixity_none_s']:.2f} s"
+                 f" ({mbps(b['body_bytes'], b['fixity_none_s']):.0f} MB/s, verify "
+                 f"{mbps(size, one['verify_s']):.0f} MB/s), with the backup copy read back too "
+                 f"{b['fixity_posix_s']:.2f} s")
     return "\n".join(lines)
 
 

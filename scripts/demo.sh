@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 unset LEGA_CONF  # the embedded defaults: data/inbox, data/vault, data/keys, local services
+# and a backup copy of every file in data/backup (SPEC 10; the embedded default is none)
+export LEGA_BACKUP_DRIVER=${LEGA_BACKUP_DRIVER:-posix} LEGA_BACKUP_LOCATION=${LEGA_BACKUP_LOCATION:-data/backup}
 CEGA=${CEGA:-on}  # CEGA=off: no Central EGA simulator, nobody answers with an accession ID
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-mkdir -p data/inbox data/vault data/keys data/run data/log data/submitter
+mkdir -p data/inbox data/vault data/backup data/keys data/run data/log data/submitter
 scripts/stop.sh --workers-only >/dev/null
 
 step "Archive keys (data/keys)"
@@ -82,6 +84,8 @@ while time.monotonic() < deadline:
             extra = f"body of {report['archive_size']} bytes in the vault as {report['archive_path']}"
         elif status == "verified":
             extra = f"every segment decrypts: {report['decrypted_size']} bytes of original"
+        elif status == "backed up":
+            extra = f"second copy written and read back: {event['reason']}"
         elif status == "ready":
             extra = f"accession ID {report['accession_id']}"
         elif status == "error":
@@ -101,6 +105,9 @@ grep -F "$user:$filepath]" data/log/dispatch.log | grep -F "routed" | cut -c1-16
 step "What Central EGA received (data/log/cega.log)"
 [ "$CEGA" != off ] && grep "Central EGA received" data/log/cega.log | cut -c1-160 || true
 
+step "Both stored copies proven again (ega-admin fixity: the vault copy decrypted, the backup read back)"
+ega-admin fixity --file "$user" "$filepath"
+
 step "The checksums of the original, as the archive computed them after decrypting"
 sha256sum "data/submitter/$name"
 ega-admin file "$user" "$filepath" | grep -E "decrypted_checksums|accession_id|status"
@@ -110,7 +117,9 @@ cat <<MSG
 Done. The stack keeps running:
   .venv/bin/ega-admin file $user $filepath
                                           the file, its checksums and history
-  ls -R data/vault                        the archived bodies (named by file id)
+  ls -R data/vault data/backup            the archived bodies and their backup copies (by file id)
+  LEGA_BACKUP_DRIVER=posix LEGA_BACKUP_LOCATION=data/backup .venv/bin/ega-admin fixity --all
+                                          prove every stored copy again
   tail -f data/log/*.log                  what the workers are doing
   make demo                               ingest another sample file
   make stop                               stop the workers (and the services the demo started)
