@@ -2,9 +2,11 @@
 subcommand and option they run exists; every LEGA_* variable is a real setting and the
 environment they give makes a valid configuration; every secret file they name is
 mounted where it is read; the workers scale, run unprivileged, answer their probes and
-may finish a file before they are killed; only verify holds the archive's key; dispatch
-gets the broker and nothing else; the examples of the link to Central EGA are what
-python -m lega.cega_link writes.
+may finish a file before they are killed; only verify and the fixity job hold the
+archive's key; dispatch gets the broker and nothing else; ingest, verify and finalize
+(and ega-admin) have a backup storage apart from the vault, with keys of its own; the
+fixity job runs ``ega-admin fixity --all`` with what it needs and no more; the examples
+of the link to Central EGA are what python -m lega.cega_link writes.
 
 (That the definitions file equals what the workers declare is in test_programs.py.)
 """
@@ -34,6 +36,14 @@ ALL_WORKERS = (*WORKERS, DISPATCH)
 # what dispatch may be told: the broker, its health endpoint, its logs, its stopping
 BROKER_ONLY_SECTIONS = ("broker.", "worker.", "log.")
 KEY_SECRETS = {"archive_key", "archive_key_passphrase"}
+# who may hold the archive's private key: verify, and ega-admin fixity (which decrypts
+# every vault copy in full)
+KEY_HOLDERS = {"verify", "fixity"}
+# the compose services of ega-admin, run by hand or from a schedule
+TOOLS = ("admin", "fixity")
+BACKUP_SECRETS = {"backup_s3_access_key", "backup_s3_secret_key"}
+VAULT_SECRETS = {"s3_access_key", "s3_secret_key"}
+FIXITY_COMMAND = ["ega-admin", "fixity", "--all"]
 STOP_GRACE_PERIOD = config.DEFAULTS["worker"]["stop_grace_period"]
 # what a secret file holds, for the settings whose values are checked at start
 SAMPLE_SECRETS = {"broker.url": "amqp://lega:secret@mq:5672/%2F",
@@ -322,11 +332,21 @@ def test_the_environment_given_is_a_valid_configuration(where, tmp_path):
         assert loaded["inbox.location"].startswith("/")
         # today's Central EGA drops files.processing (SPEC 8)
         assert loaded["cega.send_processing"] is False
+    if any(where.endswith(f" {w}") or where.endswith(f"lega-{w}")
+           for w in (*WORKERS, *TOOLS)):
+        # the backup copy (SPEC 10): finalize writes it, verify reads it, ingest deletes
+        # it, ega-admin (fixity) proves it; another S3 service than the vault's (load
+        # refuses the same bucket of the same one)
+        assert loaded["backup.driver"] == "s3", where
+        assert loaded["backup.s3.bucket"] and loaded["backup.s3.endpoint"], where
+        assert loaded["backup.s3.endpoint"] != loaded["vault.s3.endpoint"], where
+        assert loaded["backup.s3.access_key"] and loaded["backup.s3.secret_key"], where
     if where.endswith((f" {DISPATCH}", f"lega-{DISPATCH}")):
         assert loaded["worker.health_port"] == 8080
         assert loaded["worker.health_address"] == "0.0.0.0"
         assert loaded["log.format"] == "json"
         assert loaded["broker.cega_queue"] == broker.CEGA_QUEUE
+        assert loaded["backup.driver"] == "none"
 
 
 def test_image_serves_health_on_the_port_it_exposes():
@@ -409,10 +429,10 @@ def test_compose_workers_start_after_their_services_and_the_migration():
         depends = service["depends_on"]
         assert {k: v["condition"] for k, v in depends.items()} == {
             "mq": "service_healthy", "db": "service_healthy", "s3": "service_healthy",
-            "migrate": "service_completed_successfully"}
+            "backup-s3": "service_healthy", "migrate": "service_completed_successfully"}
         # docker must wait for the worker to finish or hand back the file in hand
         assert seconds(service["stop_grace_period"]) > STOP_GRACE_PERIOD
-    for name in ("mq", "db", "s3"):
+    for name in ("mq", "db", "s3", "backup-s3"):
         assert all_services[name]["healthcheck"]["test"], name
 
 
@@ -426,15 +446,23 @@ def test_compose_health_checks_ask_the_workers_ready_endpoint():
         assert test.split()[:2] == ["CMD", "python"]  # slim image: no curl
 
 
-def test_only_verify_holds_the_archive_key():
+def mounted_sources(service):
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def test_only_verify_and_fixity_hold_the_archive_key():
+    assert KEY_HOLDERS <= set(services())
     for name, service in services().items():
-        mounted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        mounted = mounted_sources(service)
         env = environment(service)
-        if name == "verify":
-            assert KEY_SECRETS <= mounted and "LEGA_KEYS" in env
+        if name in KEY_HOLDERS:
+            assert KEY_SECRETS <= mounted and "LEGA_KEYS" in env, name
         else:
             assert not KEY_SECRETS & mounted, f"{name} is given the archive key"
             assert "LEGA_KEYS" not in env, name
+    # the same keys: fixity opens every file verify opened
+    assert environment(services()["fixity"])["LEGA_KEYS"] == \
+        environment(services()["verify"])["LEGA_KEYS"]
     for name, spec in pod_templates():
         volumes = json.dumps(spec.get("volumes", []))
         env = {k for c in spec["containers"] for k in container_environment(c)}
@@ -611,6 +639,79 @@ def test_compose_dispatch_and_cega_share_the_federated_queue(tmp_path):
     queues = {name: load_config(environment(services()[name]), tmp_path)["broker.cega_queue"]
               for name in (DISPATCH, "cega")}
     assert queues[DISPATCH] == queues["cega"]
+
+
+def test_compose_backup_storage_is_its_own_minio_with_its_own_keys(tmp_path):
+    """The backup copy (SPEC 10) lives on a second MinIO: its own volume, its own root
+    credentials; ingest, verify, finalize and ega-admin reach it with those credentials
+    (never the vault's), dispatch and the rest do not reach it at all."""
+    all_services = services()
+    backup, vault = all_services["backup-s3"], all_services["s3"]
+    volume = {v.split(":")[1]: v.split(":")[0] for v in backup["volumes"]}["/data"]
+    assert volume in compose()["volumes"]
+    assert volume != {v.split(":")[1]: v.split(":")[0] for v in vault["volumes"]}["/data"]
+    assert set(backup["secrets"]) == BACKUP_SECRETS and set(vault["secrets"]) == VAULT_SECRETS
+    assert environment(backup) == {"MINIO_ROOT_USER_FILE": "/run/secrets/backup_s3_access_key",
+                                   "MINIO_ROOT_PASSWORD_FILE":
+                                       "/run/secrets/backup_s3_secret_key"}
+    for name, service in lega_services().items():
+        env = environment(service)
+        given = settings_given(env)
+        if name not in (*WORKERS, *TOOLS):
+            assert not {s for s in given if s.startswith("backup.")}, name
+            assert not BACKUP_SECRETS & mounted_sources(service), name
+            assert "backup-s3" not in service.get("depends_on", {}), name
+            continue
+        (folder := tmp_path / name).mkdir()
+        loaded = load_config(env, folder)
+        assert loaded["backup.s3.endpoint"] == "http://backup-s3:9000", name
+        assert loaded["backup.s3.bucket"] == "lega-backup", name
+        # each store's keys, from its own secrets
+        for store, secrets in (("VAULT", VAULT_SECRETS), ("BACKUP", BACKUP_SECRETS)):
+            files = {env[f"LEGA_{store}_S3_{k}_FILE"] for k in ("ACCESS_KEY", "SECRET_KEY")}
+            assert files == {f"/run/secrets/{s}" for s in secrets}, (name, store)
+            assert secrets <= mounted_sources(service), (name, store)
+        if name in WORKERS or name == "fixity":
+            assert service["depends_on"]["backup-s3"]["condition"] == "service_healthy"
+
+
+def test_compose_fixity_service_is_a_scheduled_one_shot():
+    """`docker compose run --rm fixity`: ega-admin fixity --all, not started by `up`,
+    never restarted (exit 1 is its verdict), with the operators' DSN, the stores and the
+    keys, and no broker."""
+    fixity = services()["fixity"]
+    assert fixity["command"] == FIXITY_COMMAND
+    assert fixity["profiles"] == ["tools"] and fixity["restart"] == "no"
+    assert fixity["healthcheck"] == {"disable": True}
+    assert {k: v["condition"] for k, v in fixity["depends_on"].items()} == {
+        "db": "service_healthy", "s3": "service_healthy", "backup-s3": "service_healthy"}
+    env = environment(fixity)
+    # the operators' DSN (the schema owner's, which migrate and admin have), as is
+    assert "db_dsn" in fixity["secrets"] and env["LEGA_DB_DSN_FILE"] == "/run/secrets/db_dsn"
+    assert not {s for s in mounted_sources(fixity) if s.endswith("broker_url")}
+    assert not {s for s in settings_given(env) if s.startswith(("broker.", "inbox."))}
+    assert set(fixity["secrets"]) == {"db_dsn", *VAULT_SECRETS, *BACKUP_SECRETS, *KEY_SECRETS}
+    # the header says how to run it, and on a schedule
+    header = "\n".join(line for line in COMPOSE_FILE.read_text().splitlines()
+                       if line.startswith("#"))
+    assert re.search(r"docker compose -f deploy/docker-compose\.yml run --rm -T fixity", header)
+    cron_line = r"^#\s+([\d*]+ ){5}.*run --rm -T fixity"
+    assert re.search(cron_line, header, re.M), "no cron line"
+    assert "OnCalendar=" in header and "--metrics-file" in header
+
+
+def test_compose_services_mount_only_the_secrets_they_read():
+    """Least privilege: every secret a lega service is given is a file its settings
+    (or its command) read."""
+    for name, service in lega_services().items():
+        env = environment(service)
+        read = set(secret_files_named(env)) | {a for a in service["command"]
+                                               for a in re.findall(r"/run/secrets/\w+", a)}
+        for secret in service.get("secrets", []):
+            source = secret if isinstance(secret, str) else secret["source"]
+            target = source if isinstance(secret, str) else secret.get("target", source)
+            path = target if target.startswith("/") else f"/run/secrets/{target}"
+            assert path in read, f"{name} is given {source}, which it does not read"
 
 
 # -- Kubernetes -------------------------------------------------------------------------
