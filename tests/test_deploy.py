@@ -90,9 +90,38 @@ def k8s_kind(kind):
 
 
 def pod_templates():
-    """(name, pod spec) of every Deployment and Job."""
+    """(name, pod spec) of every Deployment, Job and CronJob."""
     return [(doc["metadata"]["name"], doc["spec"]["template"]["spec"])
-            for kind in ("Deployment", "Job") for _, doc in k8s_kind(kind)]
+            for kind in ("Deployment", "Job") for _, doc in k8s_kind(kind)] + \
+           [(doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+            for _, doc in k8s_kind("CronJob")]
+
+
+def pod_template(name):
+    (spec,) = [spec for n, spec in pod_templates() if n == name]
+    return spec
+
+
+def secret_files_mounted(spec, container):
+    """{path in the container: (Secret, key)} of the Secrets a container mounts."""
+    keys_of = {doc["metadata"]["name"]: set(doc["stringData"]) for _, doc in k8s_kind("Secret")}
+
+    def files(secret):
+        name = secret.get("secretName") or secret["name"]
+        if secret.get("items"):
+            return {item["path"]: (name, item["key"]) for item in secret["items"]}
+        return {key: (name, key) for key in keys_of[name]}
+
+    volumes = {}
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            volumes[volume["name"]] = files(volume["secret"])
+        elif "projected" in volume:
+            volumes[volume["name"]] = {path: source for s in volume["projected"]["sources"]
+                                       for path, source in files(s["secret"]).items()}
+    return {f"{m['mountPath'].rstrip('/')}/{path}": source
+            for m in container.get("volumeMounts", []) if m["name"] in volumes
+            for path, source in volumes[m["name"]].items()}
 
 
 def container_environment(container):
@@ -193,6 +222,7 @@ def test_every_yaml_and_json_file_under_deploy_parses():
 def test_k8s_documents_are_kubernetes_objects():
     kinds = [doc.get("kind") for _, doc in k8s_documents()]
     assert kinds.count("Deployment") == len(ALL_WORKERS) and "Job" in kinds
+    assert kinds.count("CronJob") == 1
     assert "ConfigMap" in kinds
     for path, doc in k8s_documents():
         assert doc.get("apiVersion") and doc.get("kind"), path
@@ -209,7 +239,7 @@ def test_secret_template_holds_only_placeholders():
     secrets = k8s_kind("Secret")
     assert {doc["metadata"]["name"] for _, doc in secrets} == {
         "lega-secrets", "lega-archive-key", "lega-ingest", "lega-verify", "lega-finalize",
-        "lega-dispatch"}
+        "lega-dispatch", "lega-backup"}
     for path, doc in secrets:
         assert path.name.endswith(".example.yaml")
         for key, value in doc["stringData"].items():
@@ -463,13 +493,17 @@ def test_only_verify_and_fixity_hold_the_archive_key():
     # the same keys: fixity opens every file verify opened
     assert environment(services()["fixity"])["LEGA_KEYS"] == \
         environment(services()["verify"])["LEGA_KEYS"]
+    holders = {f"lega-{name}" for name in KEY_HOLDERS}
+    assert holders <= {name for name, _ in pod_templates()}
     for name, spec in pod_templates():
         volumes = json.dumps(spec.get("volumes", []))
         env = {k for c in spec["containers"] for k in container_environment(c)}
-        if name == "lega-verify":
-            assert "lega-archive-key" in volumes and "LEGA_KEYS" in env
+        if name in holders:
+            assert "lega-archive-key" in volumes and "LEGA_KEYS" in env, name
         else:
             assert "lega-archive-key" not in volumes and "LEGA_KEYS" not in env, name
+    (fixity,), (verify,) = (pod_template(n)["containers"] for n in ("lega-fixity", "lega-verify"))
+    assert container_environment(fixity)["LEGA_KEYS"] == container_environment(verify)["LEGA_KEYS"]
 
 
 def test_each_worker_has_its_own_broker_user_and_database_role():
@@ -494,6 +528,9 @@ def test_each_worker_has_its_own_broker_user_and_database_role():
         assert own and "items" not in own[0], f"{name}: its own Secret, whole"
         shared = next(s for s in sources if s["name"] == "lega-secrets")
         assert {item["key"] for item in shared["items"]} == {"s3_access_key", "s3_secret_key"}
+        # the backup storage's keys: a Secret of their own, not lega-secrets'
+        backup = [s for s in sources if s["name"] == "lega-backup"]
+        assert backup and "items" not in backup[0], f"{name}: lega-backup, whole"
     (_, job), = k8s_kind("Job")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     for name in workers:
@@ -806,6 +843,82 @@ def test_k8s_secret_files_are_mounted_where_they_are_read():
                        for key in volumes[m["name"]]}
             for path in secret_files_named(container_environment(container)):
                 assert path in mounted, f"{name} reads {path}, which is not mounted"
+
+
+def test_k8s_backup_storage_for_the_workers_that_use_it(tmp_path):
+    """lega-storage names the backup storage (another S3 service than the vault's), read
+    by ingest, verify, finalize and the fixity CronJob, each mounting the backup's keys
+    from lega-backup; dispatch and the migration see neither."""
+    (secret,) = [doc for _, doc in k8s_kind("Secret") if doc["metadata"]["name"] == "lega-backup"]
+    assert set(secret["stringData"]) == BACKUP_SECRETS
+    users = {f"lega-{w}" for w in (*WORKERS, "fixity")}
+    for name, spec in pod_templates():
+        for container in spec["containers"]:
+            env = container_environment(container)
+            mounted = secret_files_mounted(spec, container)
+            if name not in users:
+                assert not {s for s in settings_given(env) if s.startswith("backup.")}, name
+                assert not {s for s, _ in mounted.values() if s == "lega-backup"}, name
+                continue
+            refs = [s["configMapRef"]["name"] for s in container["envFrom"]]
+            assert "lega-storage" in refs, name
+            (folder := tmp_path / name).mkdir()
+            loaded = load_config(env, folder)
+            assert loaded["backup.driver"] == "s3" and loaded["backup.s3.bucket"], name
+            assert loaded["backup.s3.endpoint"] != loaded["vault.s3.endpoint"], name
+            for store, secret_name in (("BACKUP", "lega-backup"), ("VAULT", "lega-secrets")):
+                for key in ("ACCESS_KEY", "SECRET_KEY"):
+                    path = env[f"LEGA_{store}_S3_{key}_FILE"]
+                    assert mounted[path][0] == secret_name, (name, path, mounted.get(path))
+
+
+def test_k8s_fixity_cronjob():
+    """Weekly ega-admin fixity --all, never two at once, not retried (exit 1 is its
+    verdict), in the kustomization; the stores, the keys and the schema owner's DSN,
+    no broker; unprivileged and limited like the workers."""
+    (path, cronjob), = k8s_kind("CronJob")
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert path.name in kustomization["resources"]
+    assert cronjob["metadata"]["name"] == "lega-fixity"
+    spec = cronjob["spec"]
+    assert len(spec["schedule"].split()) == 5 and spec["concurrencyPolicy"] == "Forbid"
+    assert spec["failedJobsHistoryLimit"] >= 1  # the report of a failed run is its log
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    # no --metrics-file: the pod's files end with it (see fixity.yaml)
+    assert container["command"] == FIXITY_COMMAND
+    assert [s["configMapRef"]["name"] for s in container["envFrom"]] == ["lega-storage"]
+    env = container_environment(container)
+    assert not {s for s in settings_given(env) if s.startswith(("broker.", "inbox."))}
+    mounted = secret_files_mounted(pod, container)
+    assert mounted[env["LEGA_DB_DSN_FILE"]] == ("lega-secrets", "db_dsn")  # the operators'
+    assert not {key for _, key in mounted.values() if key == "broker_url"}
+    assert {s for s, _ in mounted.values()} == {"lega-secrets", "lega-backup",
+                                               "lega-archive-key"}
+    limits = container["resources"]["limits"]
+    assert limits.get("cpu") and limits.get("memory") and container["resources"]["requests"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    readme = (K8S / "README.md").read_text()
+    assert "fixity.yaml" in readme and "## Proving the copies again" in readme
+
+
+def test_k8s_pods_mount_only_the_secrets_they_read():
+    """Least privilege: every secret file a pod mounts is read by its settings or its
+    command."""
+    for name, spec in pod_templates():
+        for container in spec["containers"]:
+            read = set(secret_files_named(container_environment(container)))
+            read |= {p for a in container["command"] for p in re.findall(r"/run/\S+", a)}
+            for path, source in secret_files_mounted(spec, container).items():
+                assert path in read, f"{name} mounts {source} at {path}, which it does not read"
 
 
 def test_k8s_migration_job_and_ingest_inbox():
