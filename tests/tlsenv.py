@@ -5,9 +5,10 @@ for the tests and stopped after.
 
 Nothing here touches the system's PostgreSQL cluster or RabbitMQ node: the cluster is
 a new ``initdb`` of our own, and the RabbitMQ node has its own name, ports, config,
-data, logs, Erlang cookie and no plugins (it only registers with the machine's epmd,
-as every Erlang node does). Whatever a run could not stop because it was killed is
-stopped by the next one (``reap_orphans``).
+data, logs, Erlang cookie and plugin list (none, unless a test asks for some; it only
+registers with the machine's epmd, as every Erlang node does). The RabbitMQ node can
+also run without TLS (plain AMQP on loopback, ``RabbitNode(None)``). Whatever a run
+could not stop because it was killed is stopped by the next one (``reap_orphans``).
 
 Needs root: PostgreSQL runs as the ``postgres`` system user (``runuser``), RabbitMQ and
 SeaweedFS as root. Linux: 127.0.0.2 is a loopback address there.
@@ -394,27 +395,58 @@ def rabbitmq_program(name):
     return found
 
 
+def rabbitmq_plugins_dir():
+    """The plugins folder of the RabbitMQ installation (next to its sbin folder), or
+    None when there is no RabbitMQ here."""
+    try:
+        server = Path(rabbitmq_program("rabbitmq-server")).resolve()
+    except RuntimeError:
+        return None
+    plugins = server.parent.parent / "plugins"
+    return plugins if plugins.is_dir() else None
+
+
+def rabbitmq_missing(plugins=()):
+    """Why a RabbitNode with ``plugins`` cannot run here (None if it can): no
+    rabbitmq-server, or a plugin that is not installed (it need not be enabled)."""
+    folder = rabbitmq_plugins_dir()
+    if folder is None:
+        return "RabbitMQ (rabbitmq-server and its plugins folder) is not installed"
+    missing = [name for name in plugins
+               if not any(folder.glob(f"{name}-[0-9]*"))]  # a folder or an .ez archive
+    if missing:
+        return f"the RabbitMQ plugins {', '.join(missing)} are not installed in {folder}"
+    return None
+
+
 class RabbitNode:
     """A RabbitMQ node of our own (``lega-tls-<random>@localhost``), started with
     ``rabbitmq-server -detached``, with everything under a temporary folder: config,
-    data, logs, Erlang cookie (HOME), no plugins. Its only AMQP listener is TLS
-    (amqps) on 127.0.0.1:``port`` and 127.0.0.2:``port`` (the second address is not in
-    the certificate), with the test CA's server certificate, and it requires a client
-    certificate signed by the test CA. One user, ``user`` / ``password``, has every
-    permission on ``/`` (made at first boot: ``default_user``)."""
+    data, logs, Erlang cookie (HOME), and its own ``enabled_plugins`` (none, or
+    ``plugins``: the machine's node and its plugin list are never touched).
 
-    def __init__(self, ca):
+    With ``ca`` (a TestCA), its only AMQP listener is TLS (amqps) on
+    127.0.0.1:``port`` and 127.0.0.2:``port`` (the second address is not in the
+    certificate), with the test CA's server certificate, and it requires a client
+    certificate signed by the test CA. With ``ca=None``, its only listener is plain AMQP
+    on 127.0.0.1:``port``. One user, ``user`` / ``password``, has every permission on
+    ``/`` (made at first boot: ``default_user``)."""
+
+    def __init__(self, ca, plugins=()):
         self.ca = ca
+        self.plugins = tuple(plugins)
         self.name = f"lega-tls-{secrets.token_hex(4)}@localhost"
-        self.port = free_port()        # amqps
-        self.node_port = free_port()   # plain AMQP: no listener (listeners.tcp = none)
+        self.port = free_port()        # amqps, or plain AMQP without a CA
+        # plain AMQP: no listener with TLS (listeners.tcp = none), else self.port
+        self.node_port = free_port() if ca is not None else self.port
         self.dist_port = free_port()   # Erlang distribution (rabbitmqctl)
         self.user, self.password = "lega", secrets.token_urlsafe(16)
         self.folder = None
         self.startup_seconds = None
 
     def url(self, host="localhost", vhost="%2F"):
-        return f"amqps://{self.user}:{self.password}@{host}:{self.port}/{vhost}"
+        scheme = "amqps" if self.ca is not None else "amqp"
+        return f"{scheme}://{self.user}:{self.password}@{host}:{self.port}/{vhost}"
 
     @property
     def log(self):
@@ -468,9 +500,13 @@ class RabbitNode:
         began = time.monotonic()
         self.folder = private_folder("rabbitmq")
         (self.folder / "rabbitmq-env.conf").write_text("")
-        (self.folder / "enabled_plugins").write_text("[].\n")  # no management on 15672
+        # only these plugins (no management on 15672 unless asked for)
+        (self.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         ca = self.ca
-        (self.folder / "rabbitmq.conf").write_text(f"""\
+        if ca is None:
+            listeners = f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+        else:
+            listeners = f"""\
 listeners.tcp = none
 listeners.ssl.1 = 127.0.0.1:{self.port}
 listeners.ssl.2 = {OTHER_LOOPBACK}:{self.port}
@@ -481,7 +517,9 @@ ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 ssl_options.versions.1 = tlsv1.3
 ssl_options.versions.2 = tlsv1.2
-default_user = {self.user}
+"""
+        (self.folder / "rabbitmq.conf").write_text(f"""\
+{listeners}default_user = {self.user}
 default_pass = {self.password}
 default_permissions.configure = .*
 default_permissions.read = .*
