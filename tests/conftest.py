@@ -12,6 +12,7 @@ the migration's group roles and from our definitions file (least privilege).
 LEGA_TEST_DB_ADMIN_DSN.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -300,6 +301,23 @@ class Stack:
                                                 str(self.config_path)],
                                                stdout=log, stderr=subprocess.STDOUT, env=env)
         return self.processes[tag]
+
+    @contextlib.contextmanager
+    def replaced_worker(self, name, env):
+        """The worker stopped, one of its kind with these settings in its place (tag
+        ``<name>-other``), and the usual one back afterwards."""
+        usual = self.processes[name]
+        usual.terminate()
+        assert usual.wait(timeout=20) == 0
+        other = self.start_worker(name, tag=f"{name}-other", env=env)
+        try:
+            self.wait_consuming(f"{name}-other")
+            yield other
+        finally:
+            other.terminate()
+            assert other.wait(timeout=20) == 0
+            self.start_worker(name)
+            self.wait_consuming(name)
 
     def worker_dsn(self, name, direct=False):
         """The DSN of the worker's own login role (through the proxy unless ``direct``)."""

@@ -183,23 +183,12 @@ def test_re_verify_checks_the_backup_copy_too(stack):
 
 
 def test_without_a_backup_everything_is_as_before(stack):
-    finalize = stack.processes["finalize"]
-    finalize.terminate()
-    assert finalize.wait(timeout=20) == 0
-    alone = stack.start_worker("finalize", tag="finalize-alone",
-                               env={"LEGA_BACKUP_DRIVER": "none"})
-    try:
-        stack.wait_consuming("finalize-alone")
+    with stack.replaced_worker("finalize", {"LEGA_BACKUP_DRIVER": "none"}):
         user, _, _, report = _ingest_without_backup(stack)
         assert report["backup_path"] is None
         assert [e["status"] for e in report["history"]] == ["submitted", "archived",
                                                              "verified", "ready"]
         assert not copies_of(stack, report["file_id"])
-    finally:
-        alone.terminate()
-        assert alone.wait(timeout=20) == 0
-        stack.start_worker("finalize")
-        stack.wait_consuming("finalize")
 
 
 def _ingest_without_backup(stack):

@@ -262,13 +262,7 @@ def test_routing_that_fails_is_retried_then_completes(stack, mq):
 def test_files_processing_can_be_switched_off(stack):
     """Today's Central EGA drops files.processing: cega.send_processing: false stops it,
     and the rest is as before."""
-    ingest = stack.processes["ingest"]
-    ingest.terminate()
-    assert ingest.wait(timeout=20) == 0
-    quiet = stack.start_worker("ingest", tag="ingest-quiet",
-                               env={"LEGA_CEGA_SEND_PROCESSING": "false"})
-    try:
-        stack.wait_consuming("ingest-quiet")
+    with stack.replaced_worker("ingest", {"LEGA_CEGA_SEND_PROCESSING": "false"}):
         user = stack.new_user()
         stack.cega.federated_users.add(user)
         plaintext = os.urandom(10_000)
@@ -279,11 +273,6 @@ def test_files_processing_can_be_switched_off(stack):
         assert [rk for rk, _, _ in stack.cega.messages(user)] == ["files.verified",
                                                                    "files.completed"]
         assert report["decrypted_size"] == len(plaintext)
-    finally:
-        quiet.terminate()
-        assert quiet.wait(timeout=20) == 0
-        stack.start_worker("ingest")
-        stack.wait_consuming("ingest")
     federated_ok(stack, "loud.c4gh")  # and files.processing again, by default
 
 
