@@ -179,6 +179,9 @@ class Database:
                           {"status": status, "user": user, "limit": limit})
 
     STORED = ("verified", "ready")  # the statuses of files whose copies are kept
+    # those files (or one of them): args (STORED, file_id, file_id)
+    _STORED_WHERE = sql.SQL("""WHERE status = ANY(%s) AND archive_path IS NOT NULL
+                                 AND (%s::uuid IS NULL OR id = %s::uuid)""")
 
     def stored_files(self, file_id=None, batch=200):
         """Every file whose copies are kept (or just ``file_id``), streamed from the
@@ -190,10 +193,8 @@ class Database:
             with conn, conn.cursor(name="stored_files",
                                    cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 cur.itersize = batch
-                cur.execute(sql.SQL("""SELECT {} FROM files
-                                        WHERE status = ANY(%s) AND archive_path IS NOT NULL
-                                          AND (%s::uuid IS NULL OR id = %s::uuid)
-                                        ORDER BY created_at, id""").format(FILE_COLUMNS),
+                cur.execute(sql.SQL("SELECT {} FROM files {} ORDER BY created_at, id").format(
+                                FILE_COLUMNS, self._STORED_WHERE),
                             (list(self.STORED), file_id, file_id))
                 yield from cur
         finally:
@@ -201,9 +202,8 @@ class Database:
 
     def stored_totals(self, file_id=None):
         """(files, bytes) that ``stored_files`` yields."""
-        row = self._read_one("""SELECT count(*) AS n, coalesce(sum(archive_size), 0) AS bytes
-                                  FROM files WHERE status = ANY(%s) AND archive_path IS NOT NULL
-                                   AND (%s::uuid IS NULL OR id = %s::uuid)""",
+        row = self._read_one(sql.SQL("SELECT count(*) AS n, coalesce(sum(archive_size), 0) "
+                                     "AS bytes FROM files {}").format(self._STORED_WHERE),
                              (list(self.STORED), file_id, file_id))
         return row["n"], int(row["bytes"])
 

@@ -126,7 +126,12 @@ class Fixity:
             result.backup = self._problem(lambda: lega_backup.prove(
                 self.backup, backup_path, size, archived, on_read=on_read))
         if repair:
-            self._repair(file, result, archived, backup_path, on_read)
+            try:
+                self._repair(file, result, archived, backup_path, on_read)
+            except Exception as e:  # the copy failed: the file stays bad, the run goes on
+                LOG.warning("%s: the repair failed: %s: %s", result.file_id,
+                            e.__class__.__name__, e)
+                result.repaired.append(f"repair failed: {e.__class__.__name__}: {e}")
         self._record(file, result)
         return result
 
@@ -143,7 +148,8 @@ class Fixity:
 
     @staticmethod
     def _problem(check):
-        """"good", or what is wrong."""
+        """"good", or what is wrong; a storage that cannot be read now (unreachable, a
+        folder gone) is reported for that file, and the run goes on."""
         try:
             check()
             return "good"
@@ -151,6 +157,9 @@ class Fixity:
             return str(e)
         except UserError as e:  # the vault copy does not decrypt
             return f"the vault copy does not decrypt: {e.code}: {e.reason}"
+        except Exception as e:
+            LOG.warning("cannot check: %s: %s", e.__class__.__name__, e)
+            return f"cannot be checked: {e.__class__.__name__}: {e}"
 
     def _repair(self, file, result, archived, backup_path, on_read):
         size = file["archive_size"]

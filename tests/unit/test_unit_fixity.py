@@ -50,3 +50,41 @@ def test_metrics_for_the_textfile_collector(tmp_path):
                  "lega_fixity_bytes_checked 123.0",
                  "lega_fixity_last_run_timestamp_seconds 1.7e+09"):
         assert line in text, text
+
+
+class Unreachable:
+    """A store whose service is away."""
+
+    def path_for(self, file_id):
+        return str(file_id)
+
+    def size(self, path):
+        raise ConnectionError("the storage does not answer")
+
+    def writer(self, *args):
+        raise ConnectionError("the storage does not answer")
+
+    def copy_from(self, *args):
+        raise ConnectionError("the storage does not answer")
+
+
+def test_an_unreachable_storage_is_that_files_trouble_and_the_run_goes_on():
+    checker = fixity.Fixity.__new__(fixity.Fixity)
+    checker.vault, checker.backup, checker.interval = object(), Unreachable(), 0
+    notes = []
+
+    class Db:
+        def checksums(self, file_id, source):
+            return {"sha256": "0" * 64}
+
+        def note(self, file_id, ctx, status, code=None, reason=None):
+            notes.append((code, reason))
+
+    checker.db = Db()
+    checker._vault_copy = lambda file, archived, on_read: "good"
+    file = {"id": "f1", "submission_user": "u", "filepath": "p", "archive_size": 10,
+            "archive_path": "f1", "backup_path": "f1", "status": "ready"}
+    result = checker.check(file, repair=True)
+    assert result.bad and result.backup.startswith("cannot be checked: ConnectionError")
+    assert result.repaired == ["repair failed: ConnectionError: the storage does not answer"]
+    assert notes[0][0] == "fixity_failed" and "cannot be checked" in notes[0][1]
