@@ -4,6 +4,7 @@ thread through the connection's."""
 
 import json
 import threading
+import time
 import uuid
 
 import pika.exceptions
@@ -11,6 +12,10 @@ import pika.exceptions
 from . import broker, logs, messages
 
 ATTEMPTS_HEADER = "x-lega-attempts"
+# when the worker first took the message (epoch microseconds: AMQP headers have no
+# floats), kept through its retries: a message that waited is known to be older than
+# one that came after it
+FIRST_SEEN_HEADER = "x-lega-first-seen"
 
 
 class Context:
@@ -26,6 +31,9 @@ class Context:
         self.correlation_id = props.correlation_id or str(uuid.uuid4())
         self.headers = dict(props.headers or {})
         self.attempt = int(self.headers.get(ATTEMPTS_HEADER, 0)) + 1
+        seen = self.headers.get(FIRST_SEEN_HEADER)
+        self.first_seen = int(seen) / 1e6 if isinstance(seen, int) else time.time()
+        self.kind = None        # the message's type, when it names one
         self.user = None
         self.filepath = None
         self.file_id = None
@@ -45,7 +53,9 @@ class Context:
 
     def about_body(self, body):
         """Say which user and filepath a message names (not for the metadata types,
-        whose user may be an e-mail address: those are never logged)."""
+        whose user may be an e-mail address: those are never logged), and its type."""
+        if isinstance(body, dict) and isinstance(body.get("type"), str):
+            self.kind = body["type"]
         if isinstance(body, dict) and not messages.holds_secrets(body):
             self.about(*(body.get(k) if isinstance(body.get(k), str) else None
                          for k in ("user", "filepath")))

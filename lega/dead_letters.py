@@ -11,7 +11,7 @@ and puts its file back in the status it had before it was parked.
 import json
 
 from . import broker, messages
-from .context import ATTEMPTS_HEADER
+from .context import ATTEMPTS_HEADER, FIRST_SEEN_HEADER
 from .worker import PARKED
 
 
@@ -72,8 +72,11 @@ def requeue(url, db, ids=None, tls=None, cega_queue=broker.CEGA_QUEUE):
         for method, props, body in _fetch_all(channel):
             if ids is not None and props.message_id not in ids:
                 continue
+            # a fresh count of attempts; when it was first seen stays (SPEC 9: a
+            # dataset message is not applied over a newer one)
             headers = {k: v for k, v in (props.headers or {}).items()
-                       if not k.startswith("x-lega-") and k != "x-death"}
+                       if k == FIRST_SEEN_HEADER
+                       or not k.startswith("x-lega-") and k != "x-death"}
             info = describe(props, body)
             if info["file_id"]:
                 db.unpark(info["file_id"], _AdminContext(body.decode("utf-8", "replace")),

@@ -19,6 +19,8 @@ BAD_MESSAGE = "bad_message"
 DUPLICATE_ACCESSION = "duplicate_accession"
 NOT_INGESTED = "not_ingested"
 FILE_CHANGED = "file_changed"
+UNKNOWN_ACCESSION = "unknown_accession"  # a dataset message names what this node has not
+IN_DATASET = "in_dataset"                # a cancel for a file of a dataset in use
 
 
 class UserError(Exception):
@@ -34,7 +36,13 @@ class UserError(Exception):
 
 class NotReady(Exception):
     """The message arrived before what it needs (e.g. an accession before verify):
-    try again later, with back-off."""
+    try again later, with back-off. With ``give_up``, a ``UserError``: what the sender
+    is told once the waits are over and it is still not ready (a dataset mapping that
+    names a file this node does not have); without, the message is parked."""
+
+    def __init__(self, reason, give_up=None):
+        super().__init__(reason)
+        self.give_up = give_up
 
 
 class IntegrityError(Exception):

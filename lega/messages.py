@@ -25,6 +25,7 @@ ACCESSION_REQUEST = "ingestion-accession-request"
 COMPLETION = "ingestion-completion"
 ERROR = "error"
 FEDERATED = "federated"  # any message on from_cega: validated by the schema of its type
+DATASETS = "datasets"    # a message on the datasets queue: mapping, release or deprecate
 
 # SPEC 8: the schema of each type Central EGA sends through the federated queue
 DATASET_TYPES = {"mapping": "dataset-mapping", "release": "dataset-release",
@@ -87,8 +88,8 @@ def parse(kind, raw):
     if not isinstance(body, dict):
         raise UserError(BAD_MESSAGE, "The message is not a JSON object.")
     secret = False
-    if kind == FEDERATED:
-        kind = federated_kind(body)
+    if kind in (FEDERATED, DATASETS):
+        kind = federated_kind(body, FEDERATED_TYPES if kind == FEDERATED else DATASET_TYPES)
         if kind is None:
             return body
         secret = kind in METADATA_TYPES.values()
@@ -99,15 +100,16 @@ def parse(kind, raw):
     return body
 
 
-def federated_kind(body):
-    """The schema a message of the federated queue must match, by its ``type`` (None
-    for a heartbeat); a missing or unknown type is the sender's error."""
+def federated_kind(body, types=FEDERATED_TYPES):
+    """The schema a message of the federated queue (or of a queue taking some of its
+    ``types``) must match, by its ``type`` (None for a heartbeat); a missing or unknown
+    type is the sender's error."""
     kind = body.get("type")
-    if not isinstance(kind, str) or kind not in FEDERATED_TYPES:
+    if not isinstance(kind, str) or kind not in types:
         shown = json.dumps(kind)[:100] if "type" in body else "none"
         raise UserError(BAD_MESSAGE, f"The message type is {shown}, not one of "
-                                     f"{', '.join(FEDERATED_TYPES)}.")
-    return FEDERATED_TYPES[kind]
+                                     f"{', '.join(types)}.")
+    return types[kind]
 
 
 def holds_secrets(body):

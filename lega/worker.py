@@ -18,9 +18,12 @@ How a step can end:
   ``lega.dead_letters`` and the file gets the ``error`` status for operators (Central
   EGA is not told the submitter did something wrong).
 
-A worker made with ``park_bad_messages`` (dispatch, on the federated queue) parks a
-message that is not valid at once, with the reason, instead: it is no file's, and
-Central EGA gets a ``files.error`` only when the message names a user and a filepath.
+A ``NotReady`` with a ``give_up`` error (a dataset mapping naming a file this node
+does not have) waits the same way, but past the last attempt it is that user error.
+
+A worker made with ``park_bad_messages`` (dispatch, datasets) parks a message that is
+not valid at once, with the reason, instead: it is no file's, and Central EGA gets a
+``files.error`` only when the message names a user and a filepath, or is a dataset's.
 """
 
 import contextvars
@@ -38,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pika.exceptions
 
 from . import broker, config as lega_config, health, logs, messages, vault as lega_vault
-from .context import ATTEMPTS_HEADER, Context, Publication
+from .context import ATTEMPTS_HEADER, FIRST_SEEN_HEADER, Context, Publication
 from .db import Database
 from .errors import NotReady, UserError
 
@@ -248,7 +251,8 @@ class Worker:
                         return self.park_bad_message(ctx, e)
                     raise
                 ctx.about_body(body)
-                kind = body.get("type") if self.kind == messages.FEDERATED else self.kind
+                kind = body.get("type") if self.kind in (messages.FEDERATED,
+                                                         messages.DATASETS) else self.kind
                 # a heartbeat a minute is not worth a line of its own but at debug level
                 LOG.log(logging.DEBUG if kind == messages.HEARTBEAT else logging.INFO,
                         "received %s (correlation id %s, attempt %d%s)", kind,
@@ -262,7 +266,12 @@ class Worker:
         except broker.CONNECTION_ERRORS:
             raise
         except NotReady as e:
-            self.retry_later(ctx, e, quiet=True)
+            if e.give_up is not None and ctx.attempt >= self.max_attempts:
+                LOG.info("still not ready after %d attempts (%s)", ctx.attempt, e)
+                ctx.settle()
+                self.report_user_error(ctx, e.give_up)
+            else:
+                self.retry_later(ctx, e, quiet=True)
         except Exception as e:
             self.retry_later(ctx, e)
 
@@ -296,14 +305,14 @@ class Worker:
         LOG.warning("%s: %s; parking the message in %s", error.code, error.reason,
                     broker.DEAD_LETTERS)
         self.park(ctx, f"{error.code}: {error.reason}", wait=False)
-        if error.reportable and ctx.user and ctx.filepath:
+        if error.reportable and (ctx.user and ctx.filepath or ctx.kind in messages.DATASET_TYPES):
             self.report_user_error(ctx, error)
         ctx.outcome = "parked"
         ctx.settle()
 
     def _failure_headers(self, ctx, reason):
         headers = {**ctx.headers, ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
-                   "x-lega-queue": self.queue}
+                   "x-lega-queue": self.queue, FIRST_SEEN_HEADER: round(ctx.first_seen * 1e6)}
         if ctx.file_id:
             headers["x-lega-file-id"] = ctx.file_id
         return headers
