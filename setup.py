@@ -17,6 +17,7 @@ setup(
             "ega-verify=lega.verify:main",
             "ega-finalize=lega.finalize:main",
             "ega-dispatch=lega.dispatch:main",
+            "ega-datasets=lega.datasets:main",
             "ega-admin=lega.admin:main",
             "ega-cega-simulator=lega.cega_simulator:main",
         ],

@@ -8,12 +8,15 @@
     ega-admin files [--status S] [--user U]   the latest files, of a status or user
     ega-admin errors                the files whose ingestion ended in error
     ega-admin cancel USER FILEPATH  cancel a file (as Central EGA would)
-    ega-admin re-verify USER FILEPATH   verify an archived file again
+    ega-admin re-verify (USER FILEPATH | --dataset DATASET_ID)
+                                    verify an archived file (a dataset's files) again
     ega-admin key USER FILEPATH     which of the configured keys the file is encrypted for
     ega-admin dead-letters list     the messages parked for operators
     ega-admin dead-letters requeue  send them (--all, or some ids) back for another try
-    ega-admin fixity (--all | --file USER FILEPATH) [--repair]
+    ega-admin fixity (--all | --dataset DATASET_ID | --file USER FILEPATH) [--repair]
                                     prove every stored copy again (and mend the bad ones)
+    ega-admin dataset DATASET_ID    one dataset: status, accession IDs, history
+    ega-admin datasets [--status S] the datasets, with their number of files
 
 ``--json`` prints machine-readable output instead of text.
 """
@@ -26,7 +29,7 @@ import sys
 
 import psycopg2.extensions
 
-from . import config as lega_config
+from . import config as lega_config, datasets_db
 from .db import Database, wait_until_reachable
 
 
@@ -55,6 +58,7 @@ def file_report(db, user, filepath):
                                for k, v in sorted(db.checksums(file["id"], "archived").items())],
         "error": file["error_reason"],
         "error_code": file["error_code"],
+        "datasets": datasets_db.of_file(db, file["id"]),
         "created_at": file["created_at"].isoformat(),
         "updated_at": file["updated_at"].isoformat(),
         "history": [{"at": e["at"].isoformat(), "status": e["status"], "worker": e["worker"],
@@ -69,7 +73,7 @@ def print_report(report):
         if key == "history":
             continue
         if isinstance(value, list):
-            value = ", ".join(f"{c['type']}:{c['value']}" for c in value) or "-"
+            value = ", ".join(":".join(map(str, c.values())) for c in value) or "-"
         print(f"{key:<{width}}  {'-' if value is None else value}")
     print("history:")
     for event in report["history"]:
@@ -86,10 +90,10 @@ def listed(file):
             "error": file["error_reason"], "updated_at": file["updated_at"].isoformat()}
 
 
-def table(rows):
+def table(rows, none="no files"):
     """A plain text table of dicts (None shown as -), or a line saying there is none."""
     if not rows:
-        return "no files"
+        return none
     columns = [c for c in rows[0] if any(r[c] is not None for r in rows)]
     cells = [[("-" if r[c] is None else str(r[c]))[:80] for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -101,7 +105,7 @@ def table(rows):
 
 def one_file_command(args, config, db):
     """cancel, re-verify and key: about one file, named as Central EGA names it."""
-    from . import broker, c4gh, messages
+    from . import broker, c4gh
 
     file = db.latest_file(args.user, args.filepath)
     if file is None:
@@ -126,30 +130,122 @@ def one_file_command(args, config, db):
             print(f"keys[{index}]: {shown['path']} (public key {shown['public_key']})")
         return 0 if index is not None else 1
 
-    connection, channel = broker.connect(config["broker.url"], name="ega-admin",
-                                         tls=broker.tls(config))
+    connection, channel = admin_channel(config)
     try:
-        broker.declare_topology(channel, cega_queue=config["broker.cega_queue"])
         if args.command == "cancel":
             body = {"type": "cancel", "user": args.user, "filepath": args.filepath}
             broker.publish(channel, "", broker.FILES_QUEUE, body, file["id"])
             print(f"cancel sent for {file['id']} ({file['status']}): ingest removes its "
                   "archived copy and disables it")
+            in_use = [f"{d['dataset_id']} ({d['status']})" for d in datasets_db.of_file(
+                db, file["id"]) if d["status"] in datasets_db.IN_USE]
+            if in_use:
+                print(f"but it belongs to {', '.join(in_use)}: ingest will refuse (in_dataset)"
+                      " until they are deprecated", file=sys.stderr)
             return 0
         if file["status"] not in ("verified", "ready"):
             print(f"the file is {file['status']}: only a verified or ready file can be "
                   "verified again", file=sys.stderr)
             return 1
-        body = messages.check_outgoing(messages.VERIFICATION, {
-            "user": args.user, "filepath": args.filepath, "file_id": str(file["id"]),
-            "archive_path": file["archive_path"],
-            "encrypted_checksums": messages.checksums(**db.checksums(file["id"], "archived")),
-            "re_verify": True})
-        broker.publish(channel, broker.LEGA_EXCHANGE, "archived", body, file["id"])
+        send_re_verify(channel, db, file)
         print(f"re-verification of {file['id']} sent to verify; its history will show it")
         return 0
     finally:
         connection.close()
+
+
+def admin_channel(config):
+    """A connection to the broker and a channel on it, the topology declared."""
+    from . import broker
+
+    connection, channel = broker.connect(config["broker.url"], name="ega-admin",
+                                         tls=broker.tls(config))
+    broker.declare_topology(channel, cega_queue=config["broker.cega_queue"])
+    return connection, channel
+
+
+def send_re_verify(channel, db, file):
+    """Ask verify to verify a stored file again, against its records."""
+    from . import broker, messages
+
+    body = messages.check_outgoing(messages.VERIFICATION, {
+        "user": file["submission_user"], "filepath": file["filepath"],
+        "file_id": str(file["id"]), "archive_path": file["archive_path"],
+        "encrypted_checksums": messages.checksums(**db.checksums(file["id"], "archived")),
+        "re_verify": True})
+    broker.publish(channel, broker.LEGA_EXCHANGE, "archived", body, file["id"])
+
+
+def re_verify_dataset(config, db, dataset_id):
+    """Every file of the dataset verified again (they are all ready: only ready files
+    are mapped)."""
+    files = datasets_db.files_of(db, dataset_id)
+    if datasets_db.dataset(db, dataset_id) is None:
+        print(f"no dataset {dataset_id} on this node", file=sys.stderr)
+        return 1
+    connection, channel = admin_channel(config)
+    try:
+        for file in files:
+            send_re_verify(channel, db, file)
+    finally:
+        connection.close()
+    print(f"re-verification of the {len(files)} files of {dataset_id} sent to verify; "
+          "their histories will show it")
+    return 0
+
+
+def dataset_report(db, dataset_id):
+    """What ``ega-admin dataset`` shows: None if this node has no such dataset."""
+    found = datasets_db.dataset(db, dataset_id)
+    if found is None:
+        return None
+    return {
+        "dataset_id": found["id"],
+        "status": found["status"],
+        "files": len(found["accession_ids"]),
+        "created_at": found["created_at"].isoformat(),
+        "updated_at": found["updated_at"].isoformat(),
+        "accession_ids": found["accession_ids"],
+        "history": [{"at": e["at"].isoformat(), "event": e["event"], "status": e["status"],
+                     "worker": e["worker"], "correlation_id": e["correlation_id"],
+                     "added": e["added"], "removed": e["removed"]}
+                    for e in found["history"]],
+    }
+
+
+def print_dataset(report):
+    for key in ("dataset_id", "status", "files", "created_at", "updated_at"):
+        print(f"{key:<10}  {report[key]}")
+    shown = report["accession_ids"][:20]
+    more = len(report["accession_ids"]) - len(shown)
+    print("accession_ids:", ", ".join(shown) + (f" (and {more} more)" if more else ""))
+    print("history:")
+    for event in report["history"]:
+        line = f"  {event['at']}  {event['event']:<10}  {event['status']:<10}  {event['worker']}"
+        for change in ("added", "removed"):
+            ids = event[change]
+            if ids:
+                line += f"  {change} {len(ids)}: {', '.join(ids[:5])}"
+                line += f" (and {len(ids) - 5} more)" if len(ids) > 5 else ""
+        print(line)
+
+
+def datasets_command(args, db):
+    if args.command == "dataset":
+        report = dataset_report(db, args.dataset_id)
+        if report is None:
+            print(f"no dataset {args.dataset_id} on this node", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print_dataset(report)
+        return 0
+    rows = [{"dataset_id": d["id"], "status": d["status"], "files": d["files"],
+             "updated_at": d["updated_at"].isoformat()}
+            for d in datasets_db.datasets(db, args.status)]
+    print(json.dumps(rows) if args.json else table(rows, "no datasets"))
+    return 0
 
 
 def dead_letters_command(args, config, db):
@@ -181,9 +277,8 @@ def fixity_command(args, config, db):
     from . import fixity, vault
 
     file_id = None
-    if args.dataset:
-        print(f"no dataset {args.dataset} on this node (datasets are not recorded yet)",
-              file=sys.stderr)
+    if args.dataset and datasets_db.dataset(db, args.dataset) is None:
+        print(f"no dataset {args.dataset} on this node", file=sys.stderr)
         return 2
     if args.file:
         file = db.latest_file(*args.file)
@@ -199,7 +294,7 @@ def fixity_command(args, config, db):
 
     checker = fixity.Fixity(config, db, vault.from_config(config),
                             vault.from_config(config, "backup"))
-    summary = checker.run(file_id, args.repair, on_result)
+    summary = checker.run(file_id, args.repair, on_result, dataset_id=args.dataset)
     if args.metrics_file:
         fixity.write_metrics(args.metrics_file, summary)
     if args.json:
@@ -257,8 +352,9 @@ def main(argv=None):
                          help="wait up to this many seconds for the database to come up")
     migrate.add_argument("--login-role", action="append", default=[], metavar="WORKER=FILE",
                          help="then create (or set the password of) the worker's own login "
-                              "role (ingest, verify or finalize), named with its password "
-                              "by the DSN in FILE, the worker's db.dsn; may be repeated")
+                              "role (ingest, verify, finalize or datasets), named with its "
+                              "password by the DSN in FILE, the worker's db.dsn; may be "
+                              "repeated")
     db_sub.add_parser("version", help="the schema version in place")
 
     file_parser = sub.add_parser("file", help="show one file")
@@ -276,13 +372,26 @@ def main(argv=None):
     errors_parser.add_argument("--limit", type=int, default=100)
     errors_parser.add_argument("--json", action="store_true", help="print a JSON list")
     for command, text in (("cancel", "cancel a file: its archived copy is removed"),
-                          ("re-verify", "verify an archived file again, against its records"),
+                          ("re-verify", "verify an archived file (or every file of a "
+                                        "dataset) again, against its records"),
                           ("key", "which configured key the file is encrypted for")):
         one = sub.add_parser(command, help=text)
-        one.add_argument("user")
-        one.add_argument("filepath")
+        optional = "?" if command == "re-verify" else None
+        one.add_argument("user", nargs=optional)
+        one.add_argument("filepath", nargs=optional)
         if command == "key":
             one.add_argument("--json", action="store_true", help="print one JSON object")
+        if command == "re-verify":
+            one.add_argument("--dataset", metavar="DATASET_ID",
+                             help="every file of this dataset, instead of USER FILEPATH")
+
+    dataset_parser = sub.add_parser("dataset", help="show one dataset: status, accession "
+                                                    "IDs, history")
+    dataset_parser.add_argument("dataset_id", metavar="DATASET_ID")
+    dataset_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    datasets_parser = sub.add_parser("datasets", help="list the datasets")
+    datasets_parser.add_argument("--status", choices=datasets_db.STATUSES)
+    datasets_parser.add_argument("--json", action="store_true", help="print a JSON list")
 
     keys_parser = sub.add_parser("keys", help="archive keys")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
@@ -317,6 +426,8 @@ def main(argv=None):
     fixity.add_argument("--json", action="store_true", help="print one JSON object")
 
     args = parser.parse_args(argv)
+    if args.command == "re-verify" and (bool(args.dataset) == bool(args.filepath)):
+        parser.error("re-verify: give USER FILEPATH, or --dataset DATASET_ID")
     try:
         if args.command == "keys":
             passphrase = None
@@ -351,6 +462,10 @@ def main(argv=None):
                                                 getattr(args, "user", None), args.limit)]
             print(json.dumps(rows) if args.json else table(rows))
             return 0
+        if args.command in ("dataset", "datasets"):
+            return datasets_command(args, db)
+        if args.command == "re-verify" and args.dataset:
+            return re_verify_dataset(config, db, args.dataset)
         if args.command in ("cancel", "re-verify", "key"):
             return one_file_command(args, config, db)
 

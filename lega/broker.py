@@ -66,6 +66,7 @@ def workers(cega_queue=CEGA_QUEUE):
                                  CEGA_EXCHANGE: ["files.processing", "files.error"]}),
         "verify": (ARCHIVED_QUEUE, {CEGA_EXCHANGE: ["files.verified", "files.error"]}),
         "finalize": (ACCESSION_QUEUE, {CEGA_EXCHANGE: ["files.completed", "files.error"]}),
+        "datasets": (DATASETS_QUEUE, {CEGA_EXCHANGE: ["files.error"]}),
         "dispatch": (cega_queue, {LEGA_EXCHANGE: [*ROUTED_QUEUES, *map(metadata_key,
                                                                        METADATA_TYPES)],
                                   CEGA_EXCHANGE: ["files.error"]}),

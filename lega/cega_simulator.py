@@ -4,6 +4,10 @@
                                                play Central EGA until stopped
     ega-cega-simulator [--federated] ingest USER FILEPATH   ask LocalEGA to ingest a file
     ega-cega-simulator [--federated] cancel USER FILEPATH   ask LocalEGA to cancel it
+    ega-cega-simulator [--federated] map DATASET_ID ACCESSION_ID...
+                                               map a dataset to these files (all of them)
+    ega-cega-simulator [--federated] release DATASET_ID     release a dataset
+    ega-cega-simulator [--federated] deprecate DATASET_ID   deprecate it
     ega-cega-simulator send MESSAGE_JSON       send any message to the federated queue
 
 ``run`` reads what LocalEGA sends to Central EGA (the ``to_cega`` queue, bound to the
@@ -12,8 +16,8 @@ accession ID (``EGAF`` + 11 digits), as Central EGA does. With ``--no-accessions
 only prints. In production a shovel or federation link ships ``to_cega`` to the real
 Central EGA instead, and this program is not run.
 
-Central EGA's messages go to the queues ``files`` and ``accession`` of the design
-document, or, with ``--federated``, as today's Central EGA sends them: every message,
+Central EGA's messages go to the queues ``files``, ``accession`` and ``datasets`` of the
+design document, or, with ``--federated``, as today's Central EGA sends them: every message,
 with its ``type``, to the federated queue (``broker.cega_queue``, ``from_cega``), where
 ``ega-dispatch`` routes them; ``run --federated --heartbeat 60`` also sends a heartbeat
 a minute.
@@ -130,6 +134,12 @@ def main(argv=None):
         p = sub.add_parser(command, help=f"ask LocalEGA to {command} a file")
         p.add_argument("user")
         p.add_argument("filepath")
+    map_parser = sub.add_parser("map", help="map a dataset to exactly these files")
+    map_parser.add_argument("dataset_id", metavar="DATASET_ID")
+    map_parser.add_argument("accession_ids", metavar="ACCESSION_ID", nargs="+")
+    for command in ("release", "deprecate"):
+        p = sub.add_parser(command, help=f"{command} a dataset")
+        p.add_argument("dataset_id", metavar="DATASET_ID")
     send_parser = sub.add_parser("send", help="send one message (JSON with its type) to "
                                               "the federated queue")
     send_parser.add_argument("message", help='e.g. \'{"type": "release", "dataset_id": '
@@ -150,6 +160,18 @@ def main(argv=None):
              {"type": args.command, "user": args.user, "filepath": args.filepath},
              tls=broker.tls(config), cega_queue=cega_queue)
         print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}"
+              + (f" (to {cega_queue})" if federated else ""))
+        return 0
+    if args.command in ("map", "release", "deprecate"):
+        message = {"type": "mapping" if args.command == "map" else args.command,
+                   "dataset_id": args.dataset_id}
+        if args.command == "map":
+            message["accession_ids"] = args.accession_ids
+        send(url, federated or broker.DATASETS_QUEUE, message, tls=broker.tls(config),
+             cega_queue=cega_queue)
+        print(f"Central EGA sent {message['type']} of {args.dataset_id}"
+              + (f" ({len(args.accession_ids)} file{'s' * (len(args.accession_ids) != 1)})"
+                 if args.command == "map" else "")
               + (f" (to {cega_queue})" if federated else ""))
         return 0
     if args.command == "send":

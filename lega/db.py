@@ -42,8 +42,9 @@ class DuplicateAccession(Exception):
     """The accession ID is already given to another file."""
 
 
-# each worker's group role (migration 002), with only what its step needs
-WORKER_GROUPS = {"ingest": "lega_ingest", "verify": "lega_verify", "finalize": "lega_finalize"}
+# each worker's group role (migration 002; datasets' in 004), with only what its step needs
+WORKER_GROUPS = {"ingest": "lega_ingest", "verify": "lega_verify", "finalize": "lega_finalize",
+                 "datasets": "lega_datasets"}
 
 
 class Database:
@@ -77,7 +78,7 @@ class Database:
             self.close()  # broken: reconnect next time
             raise
 
-    def _read(self, sql, args):
+    def read(self, sql, args):
         """One statement on its own, no transaction around it: one round trip."""
         conn = self.connect()
         conn.autocommit = True
@@ -92,8 +93,8 @@ class Database:
             if not conn.closed:
                 conn.autocommit = False
 
-    def _read_one(self, sql, args):
-        rows = self._read(sql, args)
+    def read_one(self, sql, args):
+        rows = self.read(sql, args)
         return rows[0] if rows else None
 
     # -- schema -------------------------------------------------------------------
@@ -152,25 +153,25 @@ class Database:
     # -- reading ------------------------------------------------------------------
 
     def file(self, file_id):
-        return self._read_one(sql.SQL("SELECT {} FROM files WHERE id = %s").format(FILE_COLUMNS),
+        return self.read_one(sql.SQL("SELECT {} FROM files WHERE id = %s").format(FILE_COLUMNS),
                               (uuid.UUID(str(file_id)),))
 
     def header(self, file_id):
         """The file's Crypt4GH header (verify's role only may read it)."""
-        row = self._read_one("SELECT header FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
+        row = self.read_one("SELECT header FROM files WHERE id = %s", (uuid.UUID(str(file_id)),))
         return bytes(row["header"]) if row and row["header"] is not None else None
 
     def latest_file(self, user, filepath):
         """The file in progress or done for this path, else the last errored or
         cancelled one, else None."""
-        return self._read_one(sql.SQL("""SELECT {} FROM files
+        return self.read_one(sql.SQL("""SELECT {} FROM files
                                   WHERE submission_user = %s AND filepath = %s
                                  ORDER BY (status IN ('error', 'disabled')), created_at DESC
                                  LIMIT 1""").format(FILE_COLUMNS), (user, filepath))
 
     def files(self, status=None, user=None, limit=100):
         """The most recently changed files, of a status and/or a user if given."""
-        return self._read("""SELECT id, submission_user, filepath, status, accession_id,
+        return self.read("""SELECT id, submission_user, filepath, status, accession_id,
                                     error_code, error_reason, updated_at
                              FROM files
                              WHERE (%(status)s IS NULL OR status = %(status)s)
@@ -179,14 +180,20 @@ class Database:
                           {"status": status, "user": user, "limit": limit})
 
     STORED = ("verified", "ready")  # the statuses of files whose copies are kept
-    # those files (or one of them): args (STORED, file_id, file_id)
-    _STORED_WHERE = sql.SQL("""WHERE status = ANY(%s) AND archive_path IS NOT NULL
-                                 AND (%s::uuid IS NULL OR id = %s::uuid)""")
+    # those files (or one of them, or those of a dataset): see _stored_args
+    _STORED_WHERE = sql.SQL("""WHERE status = ANY(%(stored)s) AND archive_path IS NOT NULL
+                                 AND (%(file)s::uuid IS NULL OR id = %(file)s::uuid)
+                                 AND (%(dataset)s::text IS NULL OR id IN (
+                                      SELECT file_id FROM dataset_files
+                                       WHERE dataset_id = %(dataset)s))""")
 
-    def stored_files(self, file_id=None, batch=200):
-        """Every file whose copies are kept (or just ``file_id``), streamed from the
-        database in batches by a server-side cursor on a connection of its own: memory
-        stays bounded whatever the archive's size."""
+    def _stored_args(self, file_id, dataset_id):
+        return {"stored": list(self.STORED), "file": file_id, "dataset": dataset_id}
+
+    def stored_files(self, file_id=None, batch=200, dataset_id=None):
+        """Every file whose copies are kept (or just ``file_id``, or those of the
+        dataset), streamed from the database in batches by a server-side cursor on a
+        connection of its own: memory stays bounded whatever the archive's size."""
         conn = psycopg2.connect(self.dsn, connect_timeout=10,
                                 application_name=f"{self.worker[:50]}-list")
         try:
@@ -195,16 +202,16 @@ class Database:
                 cur.itersize = batch
                 cur.execute(sql.SQL("SELECT {} FROM files {} ORDER BY created_at, id").format(
                                 FILE_COLUMNS, self._STORED_WHERE),
-                            (list(self.STORED), file_id, file_id))
+                            self._stored_args(file_id, dataset_id))
                 yield from cur
         finally:
             conn.close()
 
-    def stored_totals(self, file_id=None):
+    def stored_totals(self, file_id=None, dataset_id=None):
         """(files, bytes) that ``stored_files`` yields."""
-        row = self._read_one(sql.SQL("SELECT count(*) AS n, coalesce(sum(archive_size), 0) "
-                                     "AS bytes FROM files {}").format(self._STORED_WHERE),
-                             (list(self.STORED), file_id, file_id))
+        row = self.read_one(sql.SQL("SELECT count(*) AS n, coalesce(sum(archive_size), 0) "
+                                    "AS bytes FROM files {}").format(self._STORED_WHERE),
+                            self._stored_args(file_id, dataset_id))
         return row["n"], int(row["bytes"])
 
     def set_backup_path(self, file_id, ctx, backup_path, reason):
@@ -216,12 +223,12 @@ class Database:
             self._event(cur, file_id, cur.fetchone()["status"], ctx, reason=reason)
 
     def checksums(self, file_id, source):
-        rows = self._read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
+        rows = self.read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
                           (file_id, source))
         return {row["type"]: row["value"] for row in rows}
 
     def events(self, file_id):
-        return self._read("SELECT * FROM file_events WHERE file_id = %s ORDER BY id", (file_id,))
+        return self.read("SELECT * FROM file_events WHERE file_id = %s ORDER BY id", (file_id,))
 
     # -- changing -----------------------------------------------------------------
 
@@ -232,7 +239,7 @@ class Database:
                        VALUES (%s, %s, %s, %s, %s, %s, %s)""",
                     (file_id, status, self.worker, ctx.correlation_id, ctx.raw_text, code, reason))
 
-    def _move(self, cur, file_id, expected, status, ctx, sets="", args=(), code=None, reason=None):
+    def move(self, cur, file_id, expected, status, ctx, sets="", args=(), code=None, reason=None):
         """Compare-and-set the status; False if the file was not in ``expected``."""
         cur.execute(sql.SQL("""UPDATE files SET status = %s, updated_at = now() {}
                                 WHERE id = %s AND status = ANY(%s)""").format(sql.SQL(sets)),
@@ -274,7 +281,7 @@ class Database:
     def set_archived(self, file_id, ctx, header, archive_path, archive_size, upload_size,
                      uploaded, archived):
         with self.transaction() as cur:
-            moved = self._move(cur, file_id, ["submitted"], "archived", ctx,
+            moved = self.move(cur, file_id, ["submitted"], "archived", ctx,
                                sets=""", header = %s, archive_path = %s, archive_size = %s,
                                          upload_size = %s,
                                          error_code = NULL, error_reason = NULL""",
@@ -286,7 +293,7 @@ class Database:
 
     def set_verified(self, file_id, ctx, decrypted_size, decrypted):
         with self.transaction() as cur:
-            moved = self._move(cur, file_id, ["archived"], "verified", ctx,
+            moved = self.move(cur, file_id, ["archived"], "verified", ctx,
                                sets=", decrypted_size = %s", args=(decrypted_size,))
             if moved:
                 self._store_checksums(cur, file_id, "decrypted", decrypted)
@@ -295,20 +302,16 @@ class Database:
     def set_ready(self, file_id, ctx, accession_id):
         try:
             with self.transaction() as cur:
-                return self._move(cur, file_id, ["verified"], "ready", ctx,
+                return self.move(cur, file_id, ["verified"], "ready", ctx,
                                   sets=", accession_id = %s", args=(accession_id,))
         except pg_errors.UniqueViolation:
             raise DuplicateAccession(accession_id) from None
 
     def set_error(self, file_id, ctx, code, reason, expected=ACTIVE):
         with self.transaction() as cur:
-            return self._move(cur, file_id, expected, "error", ctx,
+            return self.move(cur, file_id, expected, "error", ctx,
                               sets=", error_code = %s, error_reason = %s", args=(code, reason),
                               code=code, reason=reason)
-
-    def disable(self, file_id, ctx):
-        with self.transaction() as cur:
-            return self._move(cur, file_id, ACTIVE, "disabled", ctx)
 
     def unpark(self, file_id, ctx, parked_code):
         """A parked file goes back to the status it had before it was parked (so its
@@ -324,7 +327,7 @@ class Database:
                            AND status = ANY(%s) ORDER BY id DESC LIMIT 1""",
                         (file_id, list(ACTIVE)))
             before = cur.fetchone()["status"]
-            self._move(cur, file_id, ["error"], before, ctx,
+            self.move(cur, file_id, ["error"], before, ctx,
                        sets=", error_code = NULL, error_reason = NULL",
                        reason="requeued by an operator")
             return before

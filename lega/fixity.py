@@ -89,15 +89,15 @@ class Fixity:
         self.keys = load_private_keys(config["keys"])  # retired ones open old data too
         self.interval = config["log.progress_interval"]
 
-    def run(self, file_id=None, repair=False, on_result=None, out=sys.stderr):
-        """Check every stored file (or one); returns the summary."""
-        files, total = self.db.stored_totals(file_id)
+    def run(self, file_id=None, repair=False, on_result=None, out=sys.stderr, dataset_id=None):
+        """Check every stored file (or one, or those of a dataset); returns the summary."""
+        files, total = self.db.stored_totals(file_id, dataset_id)
         progress = Progress(files, total, out)
         summary = {"files_checked": 0, "bytes_checked": 0, "good": 0, "bad": 0, "repaired": 0,
                    "started_at": time.time()}
         started = time.monotonic()
         try:
-            for file in self.db.stored_files(file_id):
+            for file in self.db.stored_files(file_id, dataset_id=dataset_id):
                 result = self.check(file, repair, progress.read)
                 progress.file_done()
                 summary["files_checked"] += 1

@@ -39,6 +39,9 @@ DEAD_LETTERS = prometheus_client.Counter(
     ["queue"])
 DISPATCHED = prometheus_client.Counter(
     "lega_dispatched", "Messages from Central EGA's federated queue routed, by type", ["type"])
+DATASET_CHANGES = prometheus_client.Counter(
+    "lega_dataset_changes", "Changes made to datasets: files added or removed, datasets "
+    "registered, released or deprecated", ["change"])
 HEARTBEAT = prometheus_client.Gauge(
     "lega_cega_heartbeat_timestamp_seconds",
     "When the last heartbeat from Central EGA arrived (Unix time; 0: none since start)")

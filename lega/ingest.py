@@ -14,11 +14,11 @@ disables the file.
 import contextlib
 import logging
 
-from . import broker, inbox, messages
+from . import broker, datasets_db, inbox, messages
 from .c4gh import read_header
 from .checksums import Checksummer
 from .logs import Progress
-from .errors import CHECKSUM_MISMATCH, UserError
+from .errors import CHECKSUM_MISMATCH, IN_DATASET, UserError
 from .worker import main as worker_main
 
 LOG = logging.getLogger("lega.ingest")
@@ -120,14 +120,19 @@ def check_encrypted_checksums(given, ours):
 
 def cancel(worker, ctx, trigger):
     """Remove the archived copy (both copies) and disable the file; a later ingest starts
-    afresh."""
+    afresh. Refused for a file of a dataset that is not deprecated (SPEC 9)."""
     file = worker.db.latest_file(trigger["user"], trigger["filepath"])
     if file is None or file["status"] in ("error", "disabled"):
         LOG.info("cancel: no file in progress or archived under this path; nothing to do")
         return
     ctx.about(file_id=file["id"])
-    worker.remove_copies(file)
-    worker.db.disable(file["id"], ctx)
+    try:
+        datasets_db.cancel_unless_in_dataset(worker.db, file["id"], ctx,
+                                             lambda: worker.remove_copies(file))
+    except datasets_db.InDataset as e:
+        raise UserError(IN_DATASET, f"The file {trigger['filepath']!r} belongs to the "
+                                    f"dataset(s) {e}, not deprecated: it cannot be cancelled "
+                                    "until they are.") from None
     LOG.info("cancelled: %s file disabled and its archived copy removed", file["status"])
 
 

@@ -1,7 +1,7 @@
 """The test stack: real RabbitMQ (vhost lega_test), real PostgreSQL (database lega_test),
 a POSIX inbox and vault in a temporary folder, and the real worker programs
-(``ega-ingest``, ``ega-verify``, ``ega-finalize``, and ``ega-dispatch`` on the federated
-queue) as subprocesses. Central EGA is played by the simulator's own code
+(``ega-ingest``, ``ega-verify``, ``ega-finalize``, ``ega-dispatch`` on the federated
+queue and ``ega-datasets``) as subprocesses. Central EGA is played by the simulator's own code
 (``lega.cega_simulator.run``) on a thread, which records every message LocalEGA sends
 and answers accession requests (on ``accession``, or on ``from_cega`` for the users of
 the federated way) unless a test says not to.
@@ -51,8 +51,8 @@ DB_NAME = "lega_test"
 FEGA_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "fega-schemas"
 RETRY_DELAYS = [0.2, 0.4, 0.8]
 MAX_ATTEMPTS = 6  # parked after about 3 s of failures
-WORKERS = ("ingest", "verify", "finalize")  # the pipeline, each with a database role
-STACK_WORKERS = (*WORKERS, "dispatch")     # dispatch needs the broker only
+WORKERS = ("ingest", "verify", "finalize", "datasets")  # each with a database role
+STACK_WORKERS = (*WORKERS, "dispatch")                 # dispatch needs the broker only
 
 
 # -- keys and files -----------------------------------------------------------------

@@ -284,12 +284,19 @@ def test_dataset_messages_go_to_the_datasets_queue(stack, mq, kind):
     if kind == "mapping":
         message["accession_ids"] = ["EGAF00000000001", "EGAF00000000002"]
     fega_validate(f"dataset-{kind}", message)
-    mq.drain("datasets")
-    raw = json.dumps(message).encode()
-    mq.send(raw, correlation_id=f"dataset-{kind}")
-    method, props, body = mq.get("datasets")
-    assert body == raw and props.correlation_id == f"dataset-{kind}"
-    assert method.routing_key == "datasets" and props.delivery_mode == 2
+    datasets = stack.processes["datasets"]  # stopped, to see what reaches its queue
+    datasets.terminate()
+    assert datasets.wait(timeout=20) == 0
+    try:
+        mq.drain("datasets")
+        raw = json.dumps(message).encode()
+        mq.send(raw, correlation_id=f"dataset-{kind}")
+        method, props, body = mq.get("datasets")
+        assert body == raw and props.correlation_id == f"dataset-{kind}"
+        assert method.routing_key == "datasets" and props.delivery_mode == 2
+    finally:
+        stack.start_worker("datasets")
+        stack.wait_consuming("datasets")
 
 
 @pytest.mark.parametrize("kind", sorted(METADATA))
@@ -368,6 +375,7 @@ def bad(name, raw, reported, secret=None):
     bad("an accession without an id",
         b'{"type": "accession", "user": "USER", "filepath": "FILE", '
         b'"decrypted_checksums": []}', True),
+    # a dataset's message names no user: Central EGA is told all the same (test_datasets)
     bad("a mapping without files", b'{"type": "mapping", "dataset_id": "EGAD00000000001"}',
         False),
     bad("a release without a dataset", b'{"type": "release"}', False),
