@@ -35,6 +35,15 @@ def as_worker(stack, name, statement, args=()):
     ("verify", "DELETE FROM files WHERE id = %s"),
     ("ingest", "DELETE FROM file_events WHERE file_id = %s"),
     ("finalize", "UPDATE file_events SET status = 'ready' WHERE file_id = %s"),
+    # datasets reads a file's id, accession ID and status, and changes nothing of it
+    ("datasets", "SELECT header FROM files WHERE id = %s"),
+    ("datasets", "SELECT filepath FROM files WHERE id = %s"),
+    ("datasets", "UPDATE files SET status = 'disabled' WHERE id = %s"),
+    ("datasets", "INSERT INTO file_events (file_id, status, worker) VALUES (%s, 'x', 'y')"),
+    # the other workers only read the datasets
+    ("ingest", "INSERT INTO dataset_files (dataset_id, file_id) VALUES ('EGAD00000000001', %s)"),
+    ("finalize", "DELETE FROM dataset_files WHERE file_id = %s"),
+    ("verify", "UPDATE datasets SET status = 'released' WHERE id <> %s::text"),
 ])
 def test_a_worker_cannot_do_what_it_must_not(stack, name, statement):
     _, _, _, report = ingest_ok(stack, f"{name}-tries.c4gh", 1_000)
