@@ -3,10 +3,11 @@ subcommand and option they run exists; every LEGA_* variable is a real setting a
 environment they give makes a valid configuration; every secret file they name is
 mounted where it is read; the workers scale, run unprivileged, answer their probes and
 may finish a file before they are killed; only verify and the fixity job hold the
-archive's key; dispatch gets the broker and nothing else; ingest, verify and finalize
-(and ega-admin) have a backup storage apart from the vault, with keys of its own; the
-fixity job runs ``ega-admin fixity --all`` with what it needs and no more; the examples
-of the link to Central EGA are what python -m lega.cega_link writes.
+archive's key; dispatch gets the broker and nothing else, datasets the broker and the
+database and nothing else; ingest, verify and finalize (and ega-admin) have a backup
+storage apart from the vault, with keys of its own; the fixity job runs ``ega-admin
+fixity --all`` with what it needs and no more; the examples of the link to Central EGA
+are what python -m lega.cega_link writes.
 
 (That the definitions file equals what the workers declare is in test_programs.py.)
 """
@@ -32,9 +33,14 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 WORKERS = ("ingest", "verify", "finalize")      # the broker, a database role, the vault
 DISPATCH = "dispatch"                            # the broker only
-ALL_WORKERS = (*WORKERS, DISPATCH)
+DATASETS = "datasets"                            # the broker and a database role
+ALL_WORKERS = (*WORKERS, DISPATCH, DATASETS)
+# the workers with a database role of their own (made by the migration)
+DB_WORKERS = (*WORKERS, DATASETS)
 # what dispatch may be told: the broker, its health endpoint, its logs, its stopping
 BROKER_ONLY_SECTIONS = ("broker.", "worker.", "log.")
+# what datasets may be told: the same, and the database
+BROKER_AND_DB_SECTIONS = (*BROKER_ONLY_SECTIONS, "db.")
 KEY_SECRETS = {"archive_key", "archive_key_passphrase"}
 # who may hold the archive's private key: verify, and ega-admin fixity (which decrypts
 # every vault copy in full)
@@ -239,7 +245,7 @@ def test_secret_template_holds_only_placeholders():
     secrets = k8s_kind("Secret")
     assert {doc["metadata"]["name"] for _, doc in secrets} == {
         "lega-secrets", "lega-archive-key", "lega-ingest", "lega-verify", "lega-finalize",
-        "lega-dispatch", "lega-backup"}
+        "lega-dispatch", "lega-datasets", "lega-backup"}
     for path, doc in secrets:
         assert path.name.endswith(".example.yaml")
         for key, value in doc["stringData"].items():
@@ -254,14 +260,15 @@ def named_programs(text):
 
 def test_every_program_named_is_a_console_script():
     scripts = console_scripts()
-    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-admin",
-            "ega-cega-simulator"} <= set(scripts)
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-datasets",
+            "ega-admin", "ega-cega-simulator"} <= set(scripts)
     files = [COMPOSE_FILE, DOCKERFILE, *K8S.glob("*.yaml"), *deploy_files(".md", ".conf")]
     named = {}
     for path in files:
         for program in named_programs(path.read_text()):
             named.setdefault(program, []).append(path.name)
-    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-admin"} <= set(named)
+    assert {"ega-ingest", "ega-verify", "ega-finalize", "ega-dispatch", "ega-datasets",
+            "ega-admin"} <= set(named)
     unknown = {p: where for p, where in named.items() if p not in scripts}
     assert not unknown, f"not console scripts in setup.py: {unknown}"
 
@@ -299,7 +306,7 @@ def test_every_command_run_parses(capsys):
     scripts = console_scripts()
     commands = commands_run()
     assert {argv[0] for _, argv in commands} >= {"ega-ingest", "ega-verify", "ega-finalize",
-                                                 "ega-dispatch", "ega-admin",
+                                                 "ega-dispatch", "ega-datasets", "ega-admin",
                                                  "ega-cega-simulator"}
 
     def usage_of(main, path, argv, where):
@@ -376,6 +383,12 @@ def test_the_environment_given_is_a_valid_configuration(where, tmp_path):
         assert loaded["worker.health_address"] == "0.0.0.0"
         assert loaded["log.format"] == "json"
         assert loaded["broker.cega_queue"] == broker.CEGA_QUEUE
+        assert loaded["backup.driver"] == "none"
+    if where.endswith((f" {DATASETS}", f"lega-{DATASETS}")):
+        assert loaded["worker.health_port"] == 8080
+        assert loaded["worker.health_address"] == "0.0.0.0"
+        assert loaded["log.format"] == "json"
+        assert loaded["db.dsn"] == SAMPLE_SECRETS["db.dsn"]  # from its file, not the default
         assert loaded["backup.driver"] == "none"
 
 
@@ -509,23 +522,35 @@ def test_only_verify_and_fixity_hold_the_archive_key():
 def test_each_worker_has_its_own_broker_user_and_database_role():
     """Least privilege: a worker's broker URL and DSN are its own secrets, never another
     worker's nor the operators' (which the migration and the tools use)."""
-    workers = ("ingest", "verify", "finalize")
-    for name in workers:
+    for name in DB_WORKERS:
         mounted = {(s["source"], s.get("target")) for s in services()[name]["secrets"]
                    if isinstance(s, dict)}
         assert {(f"{name}_broker_url", "broker_url"), (f"{name}_db_dsn", "db_dsn")} <= mounted
         plain = {s for s in services()[name]["secrets"] if isinstance(s, str)}
         assert not plain & {"broker_url", "db_dsn"}, f"{name} gets the operators' secrets"
+        # nobody else's: no other service mounts this worker's broker URL, and only the
+        # migration (which makes the role) its DSN
+        for other, service in services().items():
+            if other != name:
+                assert f"{name}_broker_url" not in mounted_sources(service), (other, name)
+                assert f"{name}_db_dsn" not in mounted_sources(service) or \
+                    other == "migrate", (other, name)
     migrate = services()["migrate"]["command"]
-    for name in workers:
+    roles = [a.split("=", 1)[0] for a in migrate[migrate.index("--login-role"):]
+             if not a.startswith("--")]
+    assert sorted(roles) == sorted(DB_WORKERS), migrate
+    for name in DB_WORKERS:
         assert f"{name}=/run/secrets/{name}_db_dsn" in migrate
+        assert f"{name}_db_dsn" in services()["migrate"]["secrets"]
     for name, spec in pod_templates():
-        if name.removeprefix("lega-") not in workers:
+        if name.removeprefix("lega-") not in DB_WORKERS:
             continue
         sources = [source["secret"] for volume in spec["volumes"] if "projected" in volume
                    for source in volume["projected"]["sources"]]
         own = [s for s in sources if s["name"] == name]
         assert own and "items" not in own[0], f"{name}: its own Secret, whole"
+        if name.removeprefix("lega-") not in WORKERS:
+            continue  # no store: see test_k8s_datasets_needs_the_broker_and_the_database_only
         shared = next(s for s in sources if s["name"] == "lega-secrets")
         assert {item["key"] for item in shared["items"]} == {"s3_access_key", "s3_secret_key"}
         # the backup storage's keys: a Secret of their own, not lega-secrets'
@@ -533,21 +558,27 @@ def test_each_worker_has_its_own_broker_user_and_database_role():
         assert backup and "items" not in backup[0], f"{name}: lega-backup, whole"
     (_, job), = k8s_kind("Job")
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    for name in workers:
+    mounted = secret_files_mounted(job["spec"]["template"]["spec"], container)
+    for name in DB_WORKERS:
         assert f"{name}=/run/secrets/lega/{name}_db_dsn" in container["command"]
+        # the worker's DSN only, never its broker URL
+        assert mounted[f"/run/secrets/lega/{name}_db_dsn"] == (f"lega-{name}", "db_dsn")
+    assert {key for _, key in mounted.values()} == {"db_dsn"}, mounted
 
 
 def test_the_definitions_give_each_worker_only_its_part():
     shipped = json.loads((DEPLOY / "rabbitmq-definitions.json").read_text())
     users = {u["name"]: u for u in shipped["users"]}
-    assert set(users) == {"lega-ingest", "lega-verify", "lega-finalize", "lega-dispatch"}
+    assert set(users) == {"lega-ingest", "lega-verify", "lega-finalize", "lega-dispatch",
+                          "lega-datasets"}
     assert all(u["password_hash"] == "" for u in users.values())  # passwords: a secret
     permissions = {p["user"]: p for p in shipped["permissions"]}
     assert set(permissions) == set(users)
     queues = {"files", "archived", "accession", "to_cega", "lega.dead_letters", "from_cega",
               "datasets", "metadata"}
     for user, queue in (("lega-ingest", "files"), ("lega-verify", "archived"),
-                        ("lega-finalize", "accession"), ("lega-dispatch", "from_cega")):
+                        ("lega-finalize", "accession"), ("lega-dispatch", "from_cega"),
+                        ("lega-datasets", "datasets")):
         assert permissions[user]["configure"] == "^$"
         assert re.fullmatch(permissions[user]["read"], queue)
         for other in queues - {queue}:
@@ -560,7 +591,8 @@ def test_the_definitions_give_each_worker_only_its_part():
     topics = {(p["user"], p["exchange"]): p["write"] for p in shipped["topic_permissions"]}
     assert set(topics) == {("lega-ingest", "lega"), ("lega-ingest", "cega"),
                            ("lega-verify", "cega"), ("lega-finalize", "cega"),
-                           ("lega-dispatch", "lega"), ("lega-dispatch", "cega")}
+                           ("lega-dispatch", "lega"), ("lega-dispatch", "cega"),
+                           ("lega-datasets", "cega")}
     routed = {"files", "accession", "datasets", "metadata.permission", "metadata.dac",
               "metadata.dac.members", "metadata.password.updated", "metadata.keys.updated"}
     for (user, exchange), keys in topics.items():
@@ -576,7 +608,16 @@ def test_the_definitions_give_each_worker_only_its_part():
                            # tells Central EGA only of a bad message
                            ("lega-dispatch", "lega"): routed,
                            ("lega-dispatch", "cega"): {"files.error"},
+                           # datasets tells Central EGA only of a mapping it cannot apply
+                           ("lega-datasets", "cega"): {"files.error"},
                            }[user, exchange]
+    # datasets publishes to cega (files.error), to its own retry exchanges and parks in
+    # lega.dead_letters: never to lega (it routes nothing), nor another queue's retries
+    exchanges = {"", "amq.default", "amq.topic", "lega", "cega", "lega.dead_letters",
+                 *(f"lega.retry.{q}.{ms}ms" for q in queues for ms in (1000, 600000))}
+    writable = {e for e in exchanges if re.fullmatch(permissions["lega-datasets"]["write"], e)}
+    assert writable == {"cega", "lega.dead_letters", "lega.retry.datasets.1000ms",
+                        "lega.retry.datasets.600000ms"}, writable
 
 
 def test_compose_secret_files_are_mounted_where_they_are_read():
@@ -632,10 +673,18 @@ def only_the_broker(settings):
     return {s for s in settings if not s.startswith(BROKER_ONLY_SECTIONS)}
 
 
+def only_the_broker_and_database(settings):
+    return {s for s in settings if not s.startswith(BROKER_AND_DB_SECTIONS)}
+
+
 def test_only_the_broker_finds_what_needs_more():
     assert only_the_broker({"broker.url", "worker.health_port", "log.format"}) == set()
     assert only_the_broker({"broker.url", "db.dsn", "vault.s3.access_key", "keys"}) == {
         "db.dsn", "vault.s3.access_key", "keys"}
+    assert only_the_broker_and_database({"broker.url", "db.dsn", "log.format"}) == set()
+    assert only_the_broker_and_database({"db.dsn", "inbox.location", "backup.driver",
+                                         "keys", "cega.send_processing"}) == {
+        "inbox.location", "backup.driver", "keys", "cega.send_processing"}
 
 
 def test_compose_dispatch_needs_only_the_broker(tmp_path):
@@ -655,6 +704,34 @@ def test_compose_dispatch_needs_only_the_broker(tmp_path):
     # docker waits for it to finish (or hand back) its message in hand
     grace = load_config(env, tmp_path)["worker.stop_grace_period"]
     assert seconds(dispatch["stop_grace_period"]) > grace
+
+
+def test_compose_datasets_needs_the_broker_and_the_database_only(tmp_path):
+    """Datasets starts once RabbitMQ and PostgreSQL are healthy and the migration (which
+    makes its login role) is done, with its own broker user and database role and
+    nothing else secret: no S3 keys, no inbox, no archive key, and no setting that would
+    make it look for them."""
+    all_services = services()
+    datasets = all_services[DATASETS]
+    assert datasets["command"] == ["ega-datasets"]
+    assert datasets["image"] == all_services["finalize"]["image"]  # the workers' image
+    assert {k: v["condition"] for k, v in datasets["depends_on"].items()} == {
+        "mq": "service_healthy", "db": "service_healthy",
+        "migrate": "service_completed_successfully"}
+    assert datasets["secrets"] == [{"source": "datasets_broker_url", "target": "broker_url"},
+                                   {"source": "datasets_db_dsn", "target": "db_dsn"}]
+    for secret in ("datasets_broker_url", "datasets_db_dsn"):
+        assert compose()["secrets"][secret]["file"] == f"./secrets/{secret}"
+    assert not datasets.get("volumes"), "datasets reads no inbox or vault"
+    # runs as the image's user, unprivileged
+    assert not {"user", "privileged", "cap_add", "network_mode"} & set(datasets)
+    env = environment(datasets)
+    assert only_the_broker_and_database(settings_given(env)) == set(), env
+    assert env["LEGA_BROKER_URL_FILE"] == "/run/secrets/broker_url"
+    assert env["LEGA_DB_DSN_FILE"] == "/run/secrets/db_dsn"
+    # docker waits for it to finish (or hand back) its message in hand
+    grace = load_config(env, tmp_path)["worker.stop_grace_period"]
+    assert seconds(datasets["stop_grace_period"]) > grace
 
 
 def test_compose_cega_simulator_plays_todays_central_ega():
@@ -810,6 +887,39 @@ def test_k8s_dispatch_needs_only_the_broker():
     # the migration makes no database role for it
     (_, job), = k8s_kind("Job")
     assert f"lega-{DISPATCH}" not in json.dumps(job["spec"]["template"]["spec"]["volumes"])
+
+
+def test_k8s_datasets_needs_the_broker_and_the_database_only():
+    """Datasets' pod: its own Secret (a broker URL and a DSN, nothing else), no ConfigMap
+    of the workers (lega-config names the inbox, lega-storage the stores), no volume
+    but its secrets and /tmp, only broker, database and worker settings; the workers'
+    image; the migration makes its login role from that Secret's DSN."""
+    deployments = {doc["metadata"]["name"]: doc for _, doc in k8s_kind("Deployment")}
+    doc = deployments[f"lega-{DATASETS}"]
+    spec = doc["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["ega-datasets"]
+    (finalize,) = deployments["lega-finalize"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == finalize["image"]
+    assert "envFrom" not in container
+    env = container_environment(container)
+    assert only_the_broker_and_database(settings_given(env)) == set(), env
+    mounted = secret_files_mounted(spec, container)
+    assert mounted == {env["LEGA_BROKER_URL_FILE"]: (f"lega-{DATASETS}", "broker_url"),
+                       env["LEGA_DB_DSN_FILE"]: (f"lega-{DATASETS}", "db_dsn")}, mounted
+    sources = [source for volume in spec["volumes"] if "projected" in volume
+               for source in volume["projected"]["sources"]]
+    assert [s["secret"]["name"] for s in sources] == [f"lega-{DATASETS}"]
+    assert not any("persistentVolumeClaim" in v or "secret" in v for v in spec["volumes"])
+    assert {m["name"] for m in container["volumeMounts"]} == {"secrets", "tmp"}
+    assert spec["automountServiceAccountToken"] is False
+    (secret,) = [doc for _, doc in k8s_kind("Secret")
+                 if doc["metadata"]["name"] == f"lega-{DATASETS}"]
+    assert set(secret["stringData"]) == {"broker_url", "db_dsn"}
+    assert secret["stringData"]["broker_url"].startswith("amqps://lega-datasets:")
+    assert secret["stringData"]["db_dsn"].startswith("postgresql://datasets:")
+    readme = (K8S / "README.md").read_text()
+    assert "datasets.yaml" in readme and "lega-datasets" in readme
 
 
 def test_k8s_pods_run_as_non_root():
