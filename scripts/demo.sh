@@ -39,6 +39,7 @@ start dispatch ega-dispatch
 start ingest ega-ingest
 start verify ega-verify
 start finalize ega-finalize
+start datasets ega-datasets
 if [ "$CEGA" != off ]; then
   # today's Central EGA: accession IDs through from_cega too, and a heartbeat a minute
   start cega ega-cega-simulator --federated run --heartbeat 60
@@ -112,12 +113,29 @@ step "The checksums of the original, as the archive computed them after decrypti
 sha256sum "data/submitter/$name"
 ega-admin file "$user" "$filepath" | grep -E "decrypted_checksums|accession_id|status"
 
+if [ "$CEGA" != off ]; then
+  step "Central EGA maps the file into a dataset and releases it (ega-datasets, SPEC 9)"
+  accession=$(ega-admin file "$user" "$filepath" --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["accession_id"])')
+  # one dataset per file, named after its accession ID: EGAF... -> EGAD...
+  dataset="EGAD${accession#EGAF}"
+  ega-cega-simulator --federated map "$dataset" "$accession"
+  ega-cega-simulator --federated release "$dataset"
+  for _ in $(seq 1 100); do
+    ega-admin dataset "$dataset" --json 2>/dev/null | grep -q '"status": "released"' && break
+    sleep 0.2
+  done
+  ega-admin dataset "$dataset"
+  ega-admin file "$user" "$filepath" | grep -E "^datasets"
+fi
+
 cat <<MSG
 
 Done. The stack keeps running:
   .venv/bin/ega-admin file $user $filepath
                                           the file, its checksums and history
   ls -R data/vault data/backup            the archived bodies and their backup copies (by file id)
+  .venv/bin/ega-admin datasets            the datasets Central EGA made of the files
   LEGA_BACKUP_DRIVER=posix LEGA_BACKUP_LOCATION=data/backup .venv/bin/ega-admin fixity --all
                                           prove every stored copy again
   tail -f data/log/*.log                  what the workers are doing
