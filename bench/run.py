@@ -13,7 +13,10 @@ same files in the same run. Prints a table and writes bench/results/bench.json.
 - two files on two ingest workers at once, against one file on one;
 - one file end to end (trigger -> ready) with a POSIX backup copy and without one: what
   the backup adds, against one `cp` + `sync` of the body plus one read of it from the
-  disk.
+  disk;
+- a dataset mapping of 10,000 ready files (Central EGA's message on the datasets queue ->
+  the dataset's history shows it), its repeat and a re-mapping that removes 1,000,
+  against one `INSERT ... SELECT` of 10,000 rows on the same database.
 """
 
 import argparse
@@ -25,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack import MIB, ROOT, BenchStack, conftest, encrypt_file, make_keys, make_plaintext
+from stack import MIB, ROOT, BenchStack, broker, conftest, encrypt_file, make_keys, make_plaintext
 
 TARGETS = {"ingest_vs_cp": 0.8, "verify_vs_md5": 0.75, "verify_vs_pipeline": 1.5,
            "rss_mib": 100, "small_files_per_s_2": 50, "two_ingest_scaling": 1.6}
@@ -187,6 +190,68 @@ def backup_cost(work, keys, size_mib):
     return result
 
 
+class BenchContext:
+    """What the datasets' records need of a message in hand (lega.context.Context)."""
+
+    def __init__(self, message):
+        self.first_seen = time.time()
+        self.correlation_id = "bench"
+        self.raw_text = json.dumps(message)
+
+
+def dataset_mapping(work, keys, count):
+    """A mapping of ``count`` ready files through the datasets worker, then the same
+    records code on its own (a repeat, a re-mapping without a tenth of the files),
+    against one INSERT ... SELECT of ``count`` rows."""
+    from lega import datasets_db
+
+    stack = BenchStack(work / "datasets", keys)
+    try:
+        with stack.db.transaction() as cur:  # ready files, as finalize leaves them
+            cur.execute("""INSERT INTO files (id, submission_user, filepath, status,
+                                              accession_id, archive_path, archive_size)
+                           SELECT gen_random_uuid(), 'bench', 'file-' || i, 'ready',
+                                  'EGAF' || lpad(i::text, 11, '0'), 'vault/' || i, 1000
+                             FROM generate_series(1, %s) AS i""", (count,))
+        ids = [f"EGAF{i:011d}" for i in range(1, count + 1)]
+        message = {"type": "mapping", "dataset_id": "EGAD00000000001", "accession_ids": ids}
+        connection, channel = broker.connect(conftest.BROKER_URL, name="bench")
+        start = time.monotonic()
+        broker.publish(channel, "", broker.DATASETS_QUEUE, message, correlation_id=None)
+        connection.close()
+        while not stack.db.read("SELECT 1 FROM dataset_events WHERE dataset_id = %s",
+                                ("EGAD00000000001",)):
+            time.sleep(0.005)
+        result = {"files": count, "worker_s": time.monotonic() - start}
+
+        def apply(dataset_id, accession_ids):
+            started = time.monotonic()
+            outcome = datasets_db.apply_mapping(stack.db, BenchContext(message), dataset_id,
+                                                accession_ids)
+            return time.monotonic() - started, outcome
+
+        result["new_s"], _ = apply("EGAD00000000002", ids)
+        result["repeat_s"], (outcome, _, _) = apply("EGAD00000000002", ids)
+        assert outcome == datasets_db.SAME, outcome
+        result["shrink_s"], (_, _, removed) = apply("EGAD00000000002", ids[: count * 9 // 10])
+        assert len(removed) == count - count * 9 // 10
+        inserts = []
+        for _ in range(3):
+            with stack.db.transaction() as cur:
+                cur.execute("DROP TABLE IF EXISTS bench_rows")
+                cur.execute("CREATE TABLE bench_rows (dataset_id text, file_id uuid)")
+            started = time.monotonic()
+            with stack.db.transaction() as cur:
+                cur.execute("INSERT INTO bench_rows SELECT 'EGAD00000000003', id FROM files "
+                            "LIMIT %s", (count,))
+            inserts.append(time.monotonic() - started)
+        result["insert_select_s"] = sorted(inserts)[1]
+        return result
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
 def mbps(size, seconds):
     return size / seconds / 1e6
 
@@ -238,6 +303,14 @@ def report(r, args):
                  f" ({mbps(b['body_bytes'], b['fixity_none_s']):.0f} MB/s, verify "
                  f"{mbps(size, one['verify_s']):.0f} MB/s), with the backup copy read back too "
                  f"{b['fixity_posix_s']:.2f} s")
+    d = r["datasets"]
+    r["ratios"]["mapping_vs_insert_select"] = d["new_s"] / d["insert_select_s"]
+    lines.append(f"a dataset mapping of {d['files']} ready files: {d['worker_s']:.2f} s through "
+                 f"the datasets worker (message sent -> applied), {d['new_s']:.3f} s for the "
+                 f"records alone ({d['new_s'] / d['insert_select_s']:.1f} x one INSERT ... "
+                 f"SELECT of {d['files']} rows, {d['insert_select_s']:.3f} s); the same "
+                 f"mapping again {d['repeat_s']:.3f} s, without a tenth of the files "
+                 f"{d['shrink_s']:.3f} s")
     return "\n".join(lines)
 
 
@@ -247,6 +320,7 @@ def main():
     parser.add_argument("--big-mib", type=int, default=4096)
     parser.add_argument("--small-count", type=int, default=1000)
     parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--dataset-files", type=int, default=10_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lega-bench-", dir=ROOT / "bench") as tmp:
         work = Path(tmp)
@@ -259,6 +333,7 @@ def main():
                                                             args.small_kib, workers)
         results["two_ingests"] = two_ingests(work, keys, args.size_mib)
         results["backup"] = backup_cost(work, keys, args.size_mib)
+        results["datasets"] = dataset_mapping(work, keys, args.dataset_files)
     table = report(results, args)
     print(table)
     out = ROOT / "bench" / "results"

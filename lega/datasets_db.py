@@ -72,15 +72,13 @@ def apply_mapping(db, ctx, dataset_id, accession_ids):
         dataset = cur.fetchone()
         if dataset and dataset["mapping_seen_at"] and dataset["mapping_seen_at"] > seen:
             return STALE, [], []
-        cur.execute("SELECT id, accession_id FROM files "
+        cur.execute("SELECT count(*) AS n FROM files "
                     "WHERE accession_id = ANY(%s) AND status = 'ready'", (wanted,))
-        found = {row["accession_id"]: row["id"] for row in cur.fetchall()}
-        if len(found) < len(wanted):
-            absent = [a for a in wanted if a not in found]
-            cur.execute("SELECT accession_id, status FROM files WHERE accession_id = ANY(%s)",
-                        (absent,))
-            known = {row["accession_id"]: row["status"] for row in cur.fetchall()}
-            raise Missing({a: known.get(a) for a in absent})
+        if cur.fetchone()["n"] < len(wanted):
+            cur.execute("""SELECT w.accession_id, f.status FROM unnest(%s::text[]) AS
+                             w(accession_id) LEFT JOIN files f USING (accession_id)
+                            WHERE f.status IS DISTINCT FROM 'ready'""", (wanted,))
+            raise Missing({row["accession_id"]: row["status"] for row in cur.fetchall()})
 
         cur.execute("""INSERT INTO datasets (id, status, mapping_seen_at)
                        VALUES (%s, 'registered', %s) ON CONFLICT (id) DO NOTHING
@@ -95,7 +93,8 @@ def apply_mapping(db, ctx, dataset_id, accession_ids):
         # the replacement and its history in one statement: what leaves, what comes, and
         # (only if anything changed) the event with each file's change
         cur.execute("""
-            WITH wanted AS (SELECT unnest(%(files)s::uuid[]) AS file_id),
+            WITH wanted AS (SELECT id AS file_id FROM files
+                             WHERE accession_id = ANY(%(accessions)s) AND status = 'ready'),
             removed AS (
                 DELETE FROM dataset_files d WHERE d.dataset_id = %(dataset)s
                    AND NOT EXISTS (SELECT 1 FROM wanted w WHERE w.file_id = d.file_id)
@@ -118,7 +117,7 @@ def apply_mapping(db, ctx, dataset_id, accession_ids):
                   FROM event, changes c JOIN files f ON f.id = c.file_id
                 RETURNING accession_id, change)
             SELECT accession_id, change FROM logged ORDER BY accession_id""",
-                    {"files": [str(found[a]) for a in wanted], "dataset": dataset_id,
+                    {"accessions": wanted, "dataset": dataset_id,
                      "status": dataset["status"], "worker": db.worker,
                      "correlation": ctx.correlation_id, "message": ctx.raw_text,
                      "created": created})
