@@ -13,7 +13,8 @@ same files in the same run. Prints a table and writes bench/results/bench.json.
 - two files on two ingest workers at once, against one file on one;
 - one file end to end (trigger -> ready) with a POSIX backup copy and without one: what
   the backup adds, against one `cp` + `sync` of the body plus one read of it from the
-  disk;
+  disk, in interleaved rounds with medians (the disk's speed drifts from minute to
+  minute; `bench/backup_placement.py` compares where the copy could be made);
 - a dataset mapping of 10,000 ready files (Central EGA's message on the datasets queue ->
   the dataset's history shows it), its repeat and a re-mapping that removes 1,000,
   against one `INSERT ... SELECT` of 10,000 rows on the same database.
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -155,38 +157,49 @@ def cold_read_s(path):
         os.close(fd)
 
 
-def backup_cost(work, keys, size_mib):
-    """One file trigger -> ready without a backup, then with a POSIX one; the baseline:
-    one cp + sync of the body, plus one read of it from the disk."""
+def backup_cost(work, keys, size_mib, rounds=3):
+    """One file trigger -> ready without a backup, then with a POSIX one, then the
+    baseline (one cp + sync of the body, plus one read of it from the disk), in
+    ``rounds`` interleaved rounds (A B C A B C ...): the disk's speed drifts from one
+    minute to the next, and each figure is the median of its rounds, with the spread."""
+    runs = {"none_s": [], "posix_s": [], "cp_sync_s": [], "cold_read_s": [],
+            "fixity_none_s": [], "fixity_posix_s": []}
     result = {}
-    for label in ("none", "posix"):
-        backup = {"driver": "posix", "location": str(work / "backup-store")} \
-            if label == "posix" else None
-        stack = BenchStack(work / f"backup-{label}", keys, backup=backup)
-        try:
-            plain, _ = upload_file(stack, keys, size_mib)
-            plain.unlink()
-            subprocess.run(["sync"], check=True)
-            start = time.time()
-            stack.trigger(("bench", "file.c4gh"))
-            result[f"{label}_s"] = stack.wait(["bench"], "ready")["bench"] - start
-            # fixity of what is stored: the vault copy alone, then with the backup copy
-            fixity = subprocess.run([str(conftest.BIN / "ega-admin"), "--conf",
-                                     str(stack.config_path), "fixity", "--all", "--json"],
-                                    capture_output=True, text=True, check=True)
-            summary = json.loads(fixity.stdout)
-            result[f"fixity_{label}_s"] = summary["seconds"]
-            if label == "posix":
-                body = next(p for p in stack.vault_dir.rglob("*") if p.is_file())
-                result["body_bytes"] = body.stat().st_size
-                target = stack.work / "cp-target"
-                result["cp_sync_s"] = timed(f"cp '{body}' '{target}' && sync")
-                result["cold_read_s"] = cold_read_s(target)
-                target.unlink()
-        finally:
-            stack.stop()
-            shutil.rmtree(stack.work, ignore_errors=True)
-    shutil.rmtree(work / "backup-store", ignore_errors=True)
+    for _ in range(rounds):
+        for label in ("none", "posix"):
+            backup = {"driver": "posix", "location": str(work / "backup-store")} \
+                if label == "posix" else None
+            stack = BenchStack(work / f"backup-{label}", keys, backup=backup)
+            try:
+                plain, _ = upload_file(stack, keys, size_mib)
+                plain.unlink()
+                subprocess.run(["sync"], check=True)
+                start = time.time()
+                stack.trigger(("bench", "file.c4gh"))
+                runs[f"{label}_s"].append(stack.wait(["bench"], "ready")["bench"] - start)
+                # fixity of what is stored: the vault copy alone, then with the backup
+                fixity = subprocess.run([str(conftest.BIN / "ega-admin"), "--conf",
+                                         str(stack.config_path), "fixity", "--all", "--json"],
+                                        capture_output=True, text=True, check=True)
+                runs[f"fixity_{label}_s"].append(json.loads(fixity.stdout)["seconds"])
+                if label == "posix":
+                    body = next(p for p in stack.vault_dir.rglob("*") if p.is_file())
+                    result["body_bytes"] = body.stat().st_size
+                    target = stack.work / "cp-target"
+                    runs["cp_sync_s"].append(timed(f"cp '{body}' '{target}' && sync"))
+                    runs["cold_read_s"].append(cold_read_s(target))
+                    target.unlink()
+            finally:
+                stack.stop()
+                shutil.rmtree(stack.work, ignore_errors=True)
+            shutil.rmtree(work / "backup-store", ignore_errors=True)
+    added = [p - n for p, n in zip(runs["posix_s"], runs["none_s"], strict=True)]
+    allowed = [c + r for c, r in zip(runs["cp_sync_s"], runs["cold_read_s"], strict=True)]
+    result.update({k: statistics.median(v) for k, v in runs.items()})
+    result.update(runs_s=runs, added_s=statistics.median(added),
+                  allowed_s=statistics.median(allowed), rounds=rounds,
+                  spread={k: [min(v), max(v)] for k, v in
+                          {**runs, "added": added, "allowed": allowed}.items()})
     return result
 
 
@@ -292,13 +305,21 @@ def report(r, args):
                  f"MB/s together, {scaling:.2f} x one ingest (target >= 1.6); two cp + sync "
                  f"at once: {mbps(two['bytes'], two['two_cp_sync_s']):.0f} MB/s together")
     b = r["backup"]
-    added, allowed = b["posix_s"] - b["none_s"], b["cp_sync_s"] + b["cold_read_s"]
+    added, allowed = b["added_s"], b["allowed_s"]
     r["ratios"]["fixity_vault_vs_verify"] = one["verify_s"] / b["fixity_none_s"]
     r["ratios"]["backup_added_vs_cp_and_read"] = added / allowed
-    lines.append(f"one file end to end: {b['none_s']:.2f} s without a backup, {b['posix_s']:.2f}"
-                 f" s with a POSIX one: the backup adds {added:.2f} s, against {allowed:.2f} s"
-                 f" for one cp + sync of the body ({b['cp_sync_s']:.2f} s) and one read of it "
-                 f"from the disk ({b['cold_read_s']:.2f} s) (target: no more)")
+
+    def spread(key):
+        low, high = b["spread"][key]
+        return f"{low:.2f}-{high:.2f}"
+
+    lines.append(f"one file end to end, medians of {b['rounds']} interleaved rounds (spread): "
+                 f"{b['none_s']:.2f} s without a backup ({spread('none_s')}), "
+                 f"{b['posix_s']:.2f} s with a POSIX one ({spread('posix_s')}): the backup adds "
+                 f"{added:.2f} s ({spread('added')}), against {allowed:.2f} s "
+                 f"({spread('allowed')}) for one cp + sync of the body ({b['cp_sync_s']:.2f} s)"
+                 f" and one read of it from the disk ({b['cold_read_s']:.2f} s) (target: no "
+                 "more)")
     lines.append(f"ega-admin fixity of that file: the vault copy alone {b['fixity_none_s']:.2f} s"
                  f" ({mbps(b['body_bytes'], b['fixity_none_s']):.0f} MB/s, verify "
                  f"{mbps(size, one['verify_s']):.0f} MB/s), with the backup copy read back too "
