@@ -5,8 +5,9 @@ the disk's drift from one minute to the next hits every candidate alike.
     .venv/bin/python bench/backup_placement.py [--size-mib 1024] [--rounds 3]
 
 - finalize (what lega does): after the accession, the vault object copied in the
-  kernel (copy_file_range, from a cold cache) to the backup folder, fsync, rename, then
-  read back from the disk and its sha256 compared: ``lega.backup.back_up`` itself;
+  kernel (copy_file_range, from a cold cache) to the backup folder, each range read
+  back from the disk (and hashed) once it is there, while the next is copied, then
+  fsync and rename: ``lega.backup.back_up`` itself;
 - in verify: verify reads every chunk of the vault object anyway, so a copy made there
   adds only writing those chunks (from memory) to the backup, fsync, rename and the same
   read-back: measured as (read + write + fsync + read-back) minus (the read alone);

@@ -6,9 +6,11 @@ file id, as in the vault. It counts only once it has been **read back** from the
 storage (not from this machine's cache) with the size and sha256 recorded at ingest; a
 copy that does not read back right is removed (and when the vault copy is what is
 wrong, that is what the error says). Between two folders the copy is made in the
-kernel, as ``cp`` does. Any failure here is our side's trouble,
-never the submitter's. A crash leaves either no object or a whole one under the name;
-the next attempt proves a whole one it finds instead of copying again.
+kernel, as ``cp`` does; into a folder, the copy is read back from the disk while it is
+made, range by range once each is on the disk, so the proof overlaps the copy. Any
+failure here is our side's trouble, never the submitter's. A crash leaves either no
+object or a whole one under the name; the next attempt proves a whole one it finds
+instead of copying again.
 """
 
 import logging
@@ -53,6 +55,24 @@ def copy(source, target, source_path, target_path, size, retry, progress_interva
     target.copy_from(source, source_path, target_path, size, retry, progress.add)
 
 
+def copy_and_prove(source, target, source_path, target_path, size, sha256, retry,
+                   progress_interval=0):
+    """``copy``, then ``prove`` the copy. A folder reads the copy back from the disk
+    while it copies (each range once it is on the disk), so that the two overlap."""
+    if not hasattr(target, "copy_reading_back"):
+        copy(source, target, source_path, target_path, size, retry, progress_interval)
+        return prove(target, target_path, size, sha256, progress_interval=progress_interval)
+    progress = Progress("copying and reading back", size, progress_interval)
+    read, found = target.copy_reading_back(source, source_path, target_path, size, retry,
+                                           progress.add)
+    if read != size:
+        raise IntegrityError(f"the backup copy {target_path} read back {read} bytes, not "
+                             f"{size} as archived")
+    if found != sha256:
+        raise IntegrityError(f"the backup copy {target_path} has sha256 {found}, not "
+                             f"{sha256} as archived")
+
+
 def back_up(vault, backup, file, sha256, retry, progress_interval=0):
     """Make the file's backup copy and prove it; returns its path. A whole copy left by
     an earlier attempt is proven rather than made again; one that does not read back
@@ -71,10 +91,9 @@ def back_up(vault, backup, file, sha256, retry, progress_interval=0):
             return path
         except IntegrityError as e:
             LOG.warning("%s: copying again", e)
-    copy(vault, backup, file["archive_path"], path, size, retry or found is not None,
-         progress_interval)
     try:
-        prove(backup, path, size, sha256, progress_interval=progress_interval)
+        copy_and_prove(vault, backup, file["archive_path"], path, size, sha256,
+                       retry or found is not None, progress_interval)
     except IntegrityError as bad_copy:
         backup.delete(path)
         # whose fault: a vault copy that is not what was archived is never kept copied

@@ -8,9 +8,12 @@ object: a crash or an ``abort`` leaves nothing under the file's name.
 
 import collections
 import errno
+import hashlib
 import logging
 import os
+import queue
 import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -134,6 +137,75 @@ class _PosixWriter(VaultWriter):
             pass
 
 
+READ_BACK_RANGE = 32 * 1024 * 1024  # written to the disk, then read back, at a time
+
+
+class _ReadBack:
+    """Reads a file being written back from the disk, range by range, on a thread of its
+    own, hashing what it reads (hashlib releases the GIL)."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.sha256 = hashlib.sha256()
+        self.read = 0
+        self.synced = self.pending = 0
+        self.error = None
+        self.ranges = queue.Queue(4)  # memory stays bounded: ranges are offsets, not data
+        self.thread = threading.Thread(target=self._run, name="read-back", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (given := self.ranges.get()) is not None:
+            if self.error is not None:
+                continue
+            try:
+                offset, end = given
+                os.posix_fadvise(self.fd, offset, end - offset, os.POSIX_FADV_DONTNEED)
+                while offset < end:
+                    chunk = os.pread(self.fd, min(COPY_CHUNK, end - offset), offset)
+                    if not chunk:
+                        break
+                    self.sha256.update(chunk)
+                    self.read += len(chunk)
+                    offset += len(chunk)
+            except OSError as e:
+                self.error = e
+
+    def written(self, out, on_copied=None):
+        """A callback for each n bytes written: every READ_BACK_RANGE, the range goes to
+        the disk and to the reading thread."""
+        def callback(n):
+            self.pending += n
+            if self.pending >= READ_BACK_RANGE:
+                self._hand_over(out)
+            if on_copied is not None:
+                on_copied(n)
+        return callback
+
+    def _hand_over(self, out):
+        out.f.flush()
+        os.fdatasync(out.f.fileno())
+        self.ranges.put((self.synced, self.synced + self.pending))
+        self.synced += self.pending
+        self.pending = 0
+
+    def finish(self, out):
+        """The last range read back too: (bytes read back, their sha256)."""
+        if self.pending:
+            self._hand_over(out)
+        self.ranges.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.read, self.sha256.hexdigest()
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.ranges.put(None)
+            self.thread.join()
+        os.close(self.fd)
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -189,6 +261,31 @@ class PosixVault(Vault):
                 self.writer(archive_path, size, retry) as out:
             out.copy_file(stream.fileno(), on_copied)
             out.commit()
+
+    def copy_reading_back(self, source, source_path, archive_path, size, retry=True,
+                          on_copied=None):
+        """Copy an object here (visible only when whole) and read the copy back from the
+        disk while copying: each range of READ_BACK_RANGE bytes, once written to the disk
+        (fdatasync), is dropped from the page cache and read back by a thread of its own
+        while the next range is copied, so the proof costs little more than the copy.
+        Returns (bytes read back, their sha256), for the caller to compare."""
+        with self.writer(archive_path, size, retry) as out:
+            reader = _ReadBack(out.tmp)
+            try:
+                if isinstance(source, PosixVault):
+                    with open(source._file(source_path), "rb") as stream:
+                        out.copy_file(stream.fileno(), reader.written(out, on_copied))
+                else:
+                    written = reader.written(out, on_copied)
+                    with source.open(source_path) as stream:
+                        while chunk := stream.read(COPY_CHUNK):
+                            out.write(chunk)
+                            written(len(chunk))
+                found = reader.finish(out)
+            finally:
+                reader.stop()
+            out.commit()
+        return found
 
     def forget_cached(self, archive_path):
         """The page cache's copy of a written (fsync-ed) file is dropped."""
