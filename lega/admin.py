@@ -230,17 +230,22 @@ def print_dataset(report):
         print(line)
 
 
+def show(report, missing, as_json, printer):
+    """One report, as JSON or as text; the ``missing`` line (and 1) if there is none."""
+    if report is None:
+        print(missing, file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(report))
+    else:
+        printer(report)
+    return 0
+
+
 def datasets_command(args, db):
     if args.command == "dataset":
-        report = dataset_report(db, args.dataset_id)
-        if report is None:
-            print(f"no dataset {args.dataset_id} on this node", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(report))
-        else:
-            print_dataset(report)
-        return 0
+        return show(dataset_report(db, args.dataset_id),
+                    f"no dataset {args.dataset_id} on this node", args.json, print_dataset)
     rows = [{"dataset_id": d["id"], "status": d["status"], "files": d["files"],
              "updated_at": d["updated_at"].isoformat()}
             for d in datasets_db.datasets(db, args.status)]
@@ -469,15 +474,9 @@ def main(argv=None):
         if args.command in ("cancel", "re-verify", "key"):
             return one_file_command(args, config, db)
 
-        report = file_report(db, args.user, args.filepath)
-        if report is None:
-            print(f"no file {args.filepath!r} for user {args.user!r}", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(report))
-        else:
-            print_report(report)
-        return 0
+        return show(file_report(db, args.user, args.filepath),
+                    f"no file {args.filepath!r} for user {args.user!r}", args.json,
+                    print_report)
     except lega_config.ConfigError as e:
         print(f"ega-admin: configuration error: {e}", file=sys.stderr)
         return 2
