@@ -5,6 +5,9 @@
     ega-admin db version            the schema version in place
     ega-admin file USER FILEPATH    one file: status, ids, sizes, checksums, history
     ega-admin keys generate         a Crypt4GH key pair for the archive
+    ega-admin keys list             the archive's registered keys, by key hash
+    ega-admin keys deprecate HASH   no new file may be encrypted for that key
+    ega-admin keys backfill         record the key of every file that has none recorded
     ega-admin files [--status S] [--user U]   the latest files, of a status or user
     ega-admin errors                the files whose ingestion ended in error
     ega-admin cancel USER FILEPATH  cancel a file (as Central EGA would)
@@ -48,6 +51,7 @@ def file_report(db, user, filepath):
         "archive_path": file["archive_path"],
         "archive_size": file["archive_size"],
         "backup_path": file["backup_path"],
+        "key_hash": file["key_hash"],
         "upload_size": file["upload_size"],
         "decrypted_size": file["decrypted_size"],
         "decrypted_checksums": [{"type": k, "value": decrypted[k]}
@@ -318,6 +322,39 @@ def fixity_command(args, config, db):
     return 1 if summary["bad"] else 0
 
 
+def keys_command(args, config, db):
+    """list, deprecate and backfill: the key registry (SPEC 11)."""
+    from . import c4gh, keys_db
+
+    if args.keys_command == "list":
+        rows = [{"key_hash": k["key_hash"], "status": k["status"], "files": k["files"],
+                 "public_key": k["public_key"], "created_at": k["created_at"].isoformat()}
+                for k in keys_db.listed(db)]
+        print(json.dumps(rows) if args.json else table(rows, "no keys registered (verify "
+                                                             "registers its keys at start)"))
+        return 0
+    if args.keys_command == "deprecate":
+        changed = keys_db.deprecate(db, args.key_hash.lower(), args.reason)
+        print(f"deprecated {args.key_hash}: verify refuses new files encrypted for it"
+              if changed else f"{args.key_hash} is deprecated already")
+        return 0
+    keys = c4gh.load_private_keys(config["keys"])  # retired ones too: they opened old files
+    done = unknown = 0
+    for file_id in keys_db.files_without_key(db):
+        header = db.header(file_id)
+        index = c4gh.opening_key(header, keys)
+        if index is None:
+            unknown += 1
+            print(f"{file_id}: none of the configured keys opens its header", file=sys.stderr)
+            continue
+        keys_db.set_file_key(db, file_id, keys_db.key_hash(keys[index]))
+        done += 1
+    keys_db.register(db, keys)
+    print(f"recorded the key of {done} files" + (f"; {unknown} opened by none of the "
+                                                 "configured keys" if unknown else ""))
+    return 1 if unknown else 0
+
+
 def login_role(db, given):
     """``WORKER=FILE``: the login role and password of the DSN in FILE, made a member of
     the worker's group role."""
@@ -405,6 +442,15 @@ def main(argv=None):
     gen.add_argument("--pk", required=True, help="public key file to create")
     gen.add_argument("--passphrase-file", help="protect the private key with the passphrase "
                                                "in this file")
+    keys_list = keys_sub.add_parser("list", help="the registered keys, by key hash (sha256 of "
+                                                 "the public key), with their files")
+    keys_list.add_argument("--json", action="store_true", help="print a JSON list")
+    deprecate = keys_sub.add_parser("deprecate", help="refuse new files encrypted for a key")
+    deprecate.add_argument("key_hash", metavar="KEY_HASH")
+    deprecate.add_argument("--reason", help="kept in the key's history")
+    keys_sub.add_parser("backfill", help="record which key each file is encrypted for, where "
+                                         "it is not recorded yet (files from before the "
+                                         "registry); needs the private keys")
 
     dead = sub.add_parser("dead-letters", help="messages parked after too many failures")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
@@ -434,7 +480,7 @@ def main(argv=None):
     if args.command == "re-verify" and (bool(args.dataset) == bool(args.filepath)):
         parser.error("re-verify: give USER FILEPATH, or --dataset DATASET_ID")
     try:
-        if args.command == "keys":
+        if args.command == "keys" and args.keys_command == "generate":
             passphrase = None
             if args.passphrase_file:
                 with open(args.passphrase_file, encoding="utf-8") as f:
@@ -459,6 +505,8 @@ def main(argv=None):
 
         if args.command == "dead-letters":
             return dead_letters_command(args, config, db)
+        if args.command == "keys":
+            return keys_command(args, config, db)
         if args.command == "fixity":
             return fixity_command(args, config, db)
         if args.command in ("files", "errors"):

@@ -32,7 +32,7 @@ ACTIVE = ("submitted", "archived", "verified", "ready")
 FILE_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (
     "id", "submission_user", "filepath", "status", "archive_path", "archive_size",
     "upload_size", "decrypted_size", "accession_id", "error_code", "error_reason",
-    "created_at", "updated_at", "backup_path")))
+    "created_at", "updated_at", "backup_path", "key_hash")))
 BACKED_UP = "backed up"  # a line of the history (not a status): the backup copy is proven
 
 psycopg2.extras.register_uuid()
@@ -154,7 +154,7 @@ class Database:
 
     def file(self, file_id):
         return self.read_one(sql.SQL("SELECT {} FROM files WHERE id = %s").format(FILE_COLUMNS),
-                              (uuid.UUID(str(file_id)),))
+                             (uuid.UUID(str(file_id)),))
 
     def header(self, file_id):
         """The file's Crypt4GH header (verify's role only may read it)."""
@@ -165,19 +165,19 @@ class Database:
         """The file in progress or done for this path, else the last errored or
         cancelled one, else None."""
         return self.read_one(sql.SQL("""SELECT {} FROM files
-                                  WHERE submission_user = %s AND filepath = %s
-                                 ORDER BY (status IN ('error', 'disabled')), created_at DESC
-                                 LIMIT 1""").format(FILE_COLUMNS), (user, filepath))
+                                 WHERE submission_user = %s AND filepath = %s
+                                ORDER BY (status IN ('error', 'disabled')), created_at DESC
+                                LIMIT 1""").format(FILE_COLUMNS), (user, filepath))
 
     def files(self, status=None, user=None, limit=100):
         """The most recently changed files, of a status and/or a user if given."""
         return self.read("""SELECT id, submission_user, filepath, status, accession_id,
-                                    error_code, error_reason, updated_at
-                             FROM files
-                             WHERE (%(status)s IS NULL OR status = %(status)s)
-                               AND (%(user)s IS NULL OR submission_user = %(user)s)
-                             ORDER BY updated_at DESC LIMIT %(limit)s""",
-                          {"status": status, "user": user, "limit": limit})
+                                   error_code, error_reason, updated_at
+                            FROM files
+                            WHERE (%(status)s IS NULL OR status = %(status)s)
+                              AND (%(user)s IS NULL OR submission_user = %(user)s)
+                            ORDER BY updated_at DESC LIMIT %(limit)s""",
+                         {"status": status, "user": user, "limit": limit})
 
     STORED = ("verified", "ready")  # the statuses of files whose copies are kept
     # those files (or one of them, or those of a dataset): see _stored_args
@@ -224,7 +224,7 @@ class Database:
 
     def checksums(self, file_id, source):
         rows = self.read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
-                          (file_id, source))
+                         (file_id, source))
         return {row["type"]: row["value"] for row in rows}
 
     def events(self, file_id):
@@ -282,19 +282,20 @@ class Database:
                      uploaded, archived):
         with self.transaction() as cur:
             moved = self.move(cur, file_id, ["submitted"], "archived", ctx,
-                               sets=""", header = %s, archive_path = %s, archive_size = %s,
-                                         upload_size = %s,
-                                         error_code = NULL, error_reason = NULL""",
-                               args=(header, archive_path, archive_size, upload_size))
+                              sets=""", header = %s, archive_path = %s, archive_size = %s,
+                                        upload_size = %s,
+                                        error_code = NULL, error_reason = NULL""",
+                              args=(header, archive_path, archive_size, upload_size))
             if moved:
                 self._store_checksums(cur, file_id, "uploaded", uploaded)
                 self._store_checksums(cur, file_id, "archived", archived)
             return moved
 
-    def set_verified(self, file_id, ctx, decrypted_size, decrypted):
+    def set_verified(self, file_id, ctx, decrypted_size, decrypted, key_hash=None):
         with self.transaction() as cur:
             moved = self.move(cur, file_id, ["archived"], "verified", ctx,
-                               sets=", decrypted_size = %s", args=(decrypted_size,))
+                              sets=", decrypted_size = %s, key_hash = %s",
+                              args=(decrypted_size, key_hash))
             if moved:
                 self._store_checksums(cur, file_id, "decrypted", decrypted)
             return moved
@@ -303,15 +304,15 @@ class Database:
         try:
             with self.transaction() as cur:
                 return self.move(cur, file_id, ["verified"], "ready", ctx,
-                                  sets=", accession_id = %s", args=(accession_id,))
+                                 sets=", accession_id = %s", args=(accession_id,))
         except pg_errors.UniqueViolation:
             raise DuplicateAccession(accession_id) from None
 
     def set_error(self, file_id, ctx, code, reason, expected=ACTIVE):
         with self.transaction() as cur:
             return self.move(cur, file_id, expected, "error", ctx,
-                              sets=", error_code = %s, error_reason = %s", args=(code, reason),
-                              code=code, reason=reason)
+                             sets=", error_code = %s, error_reason = %s", args=(code, reason),
+                             code=code, reason=reason)
 
     def unpark(self, file_id, ctx, parked_code):
         """A parked file goes back to the status it had before it was parked (so its
@@ -328,8 +329,8 @@ class Database:
                         (file_id, list(ACTIVE)))
             before = cur.fetchone()["status"]
             self.move(cur, file_id, ["error"], before, ctx,
-                       sets=", error_code = NULL, error_reason = NULL",
-                       reason="requeued by an operator")
+                      sets=", error_code = NULL, error_reason = NULL",
+                      reason="requeued by an operator")
             return before
 
     def set_backed_up(self, file_id, ctx, backup_path):

@@ -12,13 +12,14 @@ asked for an accession ID on ``files.verified``, with the checksums of the origi
 import contextlib
 import logging
 
-from . import backup, broker, messages
-from .c4gh import CIPHER_SEGMENT_SIZE, BodyDecryptor, load_private_keys, session_keys
+from . import backup, broker, keys_db, messages
+from .c4gh import (CIPHER_SEGMENT_SIZE, BodyDecryptor, load_private_keys, opening_key,
+                   session_keys)
 from .checksums import Checksummer
 from .logs import Progress
 from .config import ConfigError
-from .errors import IntegrityError, UserError
-from .worker import main as worker_main
+from .errors import WRONG_KEY, IntegrityError, UserError
+from .worker import main as worker_main, wait_until_usable
 
 LOG = logging.getLogger("lega.verify")
 READ_SIZE = 16 * CIPHER_SEGMENT_SIZE  # about 1 MiB of whole segments: nothing carried over
@@ -47,16 +48,19 @@ def handle(worker, ctx, message):
     header = worker.db.header(file["id"])
     if re_verify:  # old data: a retired key may open it, and a failure is ours to fix
         try:
-            keys = session_keys(header, worker.keys + worker.retired_keys)
+            every_key = worker.keys + worker.retired_keys
+            keys = session_keys(header, every_key)
+            key = every_key[opening_key(header, every_key)]
             size, decrypted = check_vault_copy(worker, file, keys)
         except UserError as e:
             raise IntegrityError(f"re-verification failed: {e.code}: {e.reason}") from None
     else:
-        keys = session_keys(header, worker.keys, worker.retired_keys)
+        keys, key = open_header(worker, header)
         size, decrypted = check_vault_copy(worker, file, keys)
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
              decrypted["sha256"])
 
+    digest = keys_db.key_hash(key)
     if re_verify:
         recorded = worker.db.checksums(file["id"], "decrypted")
         if recorded != decrypted or file["decrypted_size"] != size:
@@ -68,12 +72,34 @@ def handle(worker, ctx, message):
                          worker.db.checksums(file["id"], "archived")["sha256"],
                          progress_interval=worker.config["log.progress_interval"])
             reason = "re-verified, and the backup copy read back right"
+        keys_db.set_file_key(worker.db, file["id"], digest)  # for files from before 005
         worker.db.note(file["id"], ctx, file["status"], reason=reason)
         return
-    if worker.db.set_verified(file["id"], ctx, size, decrypted):
+    if worker.db.set_verified(file["id"], ctx, size, decrypted, digest):
         request_accession(ctx, file, decrypted)
     else:
         LOG.info("the file changed status while being verified (cancelled?): not reported")
+
+
+def open_header(worker, header):
+    """The body's session keys, and the archive key that opened the header: a key the
+    registry says is deprecated (SPEC 11), or one configured as retired, opens no new
+    file."""
+    deprecated = keys_db.deprecated(worker.db)
+    usable = [k for k in worker.keys if keys_db.key_hash(k) not in deprecated]
+    refused = worker.retired_keys + [k for k in worker.keys if k not in usable]
+    try:
+        keys = session_keys(header, usable, worker.retired_keys)
+    except UserError as e:
+        index = opening_key(header, refused)
+        if e.code == WRONG_KEY and index is not None and refused[index] not in \
+                worker.retired_keys:
+            raise UserError(WRONG_KEY, "The file is encrypted for a key this archive has "
+                                       f"deprecated ({keys_db.key_hash(refused[index])}); "
+                                       "encrypt it for the archive's current public key.") \
+                from None
+        raise
+    return keys, usable[opening_key(header, usable)]
 
 
 def check_vault_copy(worker, file, keys):
@@ -153,13 +179,18 @@ def request_accession(ctx, file, decrypted):
 
 
 def prepare(worker):
-    """The archive's keys; a retired one only tells a file encrypted for it apart."""
+    """The archive's keys, registered by their hashes (SPEC 11); a retired one only tells
+    a file encrypted for it apart."""
     settings = worker.config["keys"]
     keys = load_private_keys(settings)
     worker.keys = [k for k, s in zip(keys, settings, strict=True) if not s.get("retired")]
     worker.retired_keys = [k for k, s in zip(keys, settings, strict=True) if s.get("retired")]
     if not worker.keys:
         raise ConfigError("keys: every key is retired; verify needs a current one")
+    new = wait_until_usable("the database", lambda: keys_db.register(worker.db, keys),
+                            worker.config, worker._waiting) or []
+    for digest in new:
+        LOG.info("registered the archive key %s", digest)
 
 
 def main(argv=None):

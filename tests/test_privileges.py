@@ -44,6 +44,10 @@ def as_worker(stack, name, statement, args=()):
     ("ingest", "INSERT INTO dataset_files (dataset_id, file_id) VALUES ('EGAD00000000001', %s)"),
     ("finalize", "DELETE FROM dataset_files WHERE file_id = %s"),
     ("verify", "UPDATE datasets SET status = 'released' WHERE id <> %s::text"),
+    # verify registers keys; only an operator deprecates one
+    ("verify", "UPDATE archive_keys SET status = 'deprecated' WHERE key_hash <> %s::text"),
+    ("finalize", "SELECT key_hash FROM archive_keys WHERE key_hash <> %s::text"),
+    ("ingest", "UPDATE files SET key_hash = NULL WHERE id = %s"),
 ])
 def test_a_worker_cannot_do_what_it_must_not(stack, name, statement):
     _, _, _, report = ingest_ok(stack, f"{name}-tries.c4gh", 1_000)
