@@ -154,6 +154,25 @@ def session_keys(header, private_keys, retired_keys=()):
     return keys
 
 
+def rotate_header(header, private_keys, target_public):
+    """The header re-encrypted for another archive key (SPEC 11): the same session keys,
+    in packets that only ``target_public`` opens (those for other keys, ours included,
+    are left out), written by a key pair made for it. The body is not touched: it stays
+    encrypted with those session keys. Refused (as verify refuses them) for a header
+    with an edit list or that none of ``private_keys`` opens."""
+    import io
+
+    import crypt4gh.header
+
+    session_keys(header, private_keys)  # refuses edit lists, and headers not ours
+    raw = [(0, key.private_bytes_raw(), None) for key in private_keys]
+    writer = X25519PrivateKey.generate()
+    packets = crypt4gh.header.reencrypt(
+        crypt4gh.header.parse(io.BytesIO(header)), raw,
+        [(0, writer.private_bytes_raw(), target_public.public_bytes_raw())], trim=True)
+    return crypt4gh.header.serialize(packets)
+
+
 def opening_key(header, private_keys):
     """The index of the first of our private keys that opens a packet of the header,
     or None."""

@@ -14,7 +14,8 @@ import crypt4gh.keys.c4gh
 import crypt4gh.lib
 import pytest
 
-from lega.c4gh import BodyDecryptor, load_private_keys, read_header, session_keys
+from lega.c4gh import (BodyDecryptor, load_private_keys, read_header, rotate_header,
+                       session_keys)
 from lega.config import ConfigError
 from lega.errors import CORRUPT, EDIT_LIST, NOT_CRYPT4GH, WRONG_KEY, UserError
 
@@ -422,3 +423,34 @@ def test_segments_are_counted(files):
     decryptor.update(body)
     decryptor.finish()
     assert decryptor.segments == 3
+
+
+# -- rotate_header (SPEC 11) ---------------------------------------------------------------
+
+def test_a_rotated_header_opens_with_the_target_key_alone(akeys):
+    plaintext = os.urandom(200_000)
+    header, body = encrypt(plaintext, akeys["old"])
+    old, current = akeys["loaded_old"], akeys["loaded_current"]
+    rotated = rotate_header(header, old, current[0].public_key())
+    assert session_keys(rotated, current) == session_keys(header, old)  # the same body keys
+    expect_user_error(WRONG_KEY, session_keys, rotated, old)  # the old key no longer opens it
+    decryptor = BodyDecryptor(session_keys(rotated, current))
+    out = decryptor.update(body) + decryptor.finish()
+    assert bytes(out) == plaintext  # the body, unchanged, decrypts with the new header
+
+
+def test_rotation_leaves_out_every_other_packet(akeys):
+    header, _ = encrypt(b"x" * 1000, akeys["old"], akeys["other"])  # also another archive's
+    rotated = rotate_header(header, akeys["loaded_old"], akeys["loaded_current"][0].public_key())
+    expect_user_error(WRONG_KEY, session_keys, rotated, akeys["loaded_other"])
+    assert struct.unpack_from("<I", rotated, 12)[0] == 1  # one packet
+
+
+def test_rotation_refuses_what_verify_refuses(akeys):
+    edit = struct.pack("<IIQQ", 1, 2, 0, 10)  # an edit list packet
+    enc = struct.pack("<II", 0, 0) + os.urandom(32)
+    header = make_header([enc, edit], akeys["old"])
+    target = akeys["loaded_current"][0].public_key()
+    expect_user_error(EDIT_LIST, rotate_header, header, akeys["loaded_old"], target)
+    plain, _ = encrypt(b"y" * 100, akeys["other"])
+    expect_user_error(WRONG_KEY, rotate_header, plain, akeys["loaded_old"], target)
