@@ -122,11 +122,15 @@ def apply_mapping(db, ctx, dataset_id, accession_ids):
                      "correlation": ctx.correlation_id, "message": ctx.raw_text,
                      "created": created})
         changes = cur.fetchall()
-        # a cancel that took a file's lock first has made it disabled by now: this
-        # statement sees it (the insert above waited for that cancel to end)
-        cur.execute("""SELECT count(*) AS n FROM dataset_files d JOIN files f ON f.id = d.file_id
-                        WHERE d.dataset_id = %s AND f.status <> 'ready'""", (dataset_id,))
-        if cur.fetchone()["n"]:
+        # a cancel that took a file's lock first has made it disabled by now, and this
+        # statement sees it (the insert above waited for that cancel to end): the file
+        # is then not ready, or was left out of the replacement
+        cur.execute("""SELECT count(*) AS members, count(*) FILTER (WHERE f.status = 'ready')
+                              AS ready
+                         FROM dataset_files d JOIN files f ON f.id = d.file_id
+                        WHERE d.dataset_id = %s""", (dataset_id,))
+        found = cur.fetchone()
+        if not found["members"] == found["ready"] == len(wanted):
             raise ChangedMeanwhile(f"a file of {dataset_id} stopped being ready meanwhile")
         cur.execute("""UPDATE datasets SET mapping_seen_at = greatest(mapping_seen_at, %s),
                               updated_at = CASE WHEN %s THEN now() ELSE updated_at END

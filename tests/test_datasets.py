@@ -389,3 +389,33 @@ def test_the_simulator_maps_releases_and_deprecates(stack):
     wait_dataset(stack, dataset_id, lambda d: d["status"] == "released")
     simulator("deprecate", dataset_id)
     wait_dataset(stack, dataset_id, lambda d: d["status"] == "deprecated")
+
+
+def test_a_cancel_racing_a_mapping_wins_whole(stack):
+    """A cancel holds the file's row while the mapping comes: the mapping waits for it,
+    sees the file disabled, and applies nothing (then reports it, after its waits)."""
+    import psycopg2
+
+    (_, _, kept), (_, _, cancelled) = ready_files(stack, 2)
+    dataset_id = new_dataset_id()
+    send(stack, mapping(dataset_id, [kept]))
+    wait_dataset(stack, dataset_id, lambda d: d["files"] == 1)
+    before = shown(stack, dataset_id)
+    cancel = psycopg2.connect(stack.worker_dsn("ingest", direct=True))  # as ingest's cancel
+    try:
+        with cancel.cursor() as cur:
+            cur.execute("SELECT status FROM files WHERE id = %s FOR UPDATE",
+                        (cancelled["file_id"],))
+            mark = log_mark(stack, "datasets")
+            message = mapping(dataset_id, [kept, cancelled])
+            send(stack, message)
+            time.sleep(1)  # the mapping's insert now waits for this transaction
+            cur.execute("UPDATE files SET status = 'disabled' WHERE id = %s",
+                        (cancelled["file_id"],))
+        cancel.commit()
+    finally:
+        cancel.close()
+    wait_log_after(stack, "datasets", "stopped being ready meanwhile", mark)
+    error = dataset_error(stack, json.dumps(message))
+    assert error["error"] == "unknown_accession" and "(is disabled)" in error["reason"]
+    assert shown(stack, dataset_id) == before
