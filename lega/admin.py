@@ -183,10 +183,10 @@ def send_re_verify(channel, db, file):
 def re_verify_dataset(config, db, dataset_id):
     """Every file of the dataset verified again (they are all ready: only ready files
     are mapped)."""
-    files = datasets_db.files_of(db, dataset_id)
     if datasets_db.dataset(db, dataset_id) is None:
         print(f"no dataset {dataset_id} on this node", file=sys.stderr)
         return 1
+    files = datasets_db.files_of(db, dataset_id)
     connection, channel = admin_channel(config)
     try:
         for file in files:
