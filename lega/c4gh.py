@@ -230,9 +230,14 @@ class BodyDecryptor:
         self.pending = b""
         self.segments = 0
 
-    def _fail(self):
-        raise UserError(CORRUPT, f"Segment {self.segments + 1} of the file does not decrypt: the "
-                                 "file was altered or truncated after encryption; upload it again.")
+    def _fail(self, last=False):
+        if last:  # a cut file ends in a cut segment, which does not authenticate either
+            raise UserError(CORRUPT, f"Segment {self.segments + 1} of the file, its last, does "
+                                     "not decrypt (it does not authenticate): the file was "
+                                     "truncated or altered after encryption; upload it again.")
+        raise UserError(CORRUPT, f"Segment {self.segments + 1} of the file does not decrypt (it "
+                                 "does not authenticate): the file was altered or truncated "
+                                 "after encryption; upload it again.")
 
     def update(self, chunk):
         """The plaintext of the segments ``chunk`` completes (a new buffer)."""
@@ -256,13 +261,16 @@ class BodyDecryptor:
         return plain
 
     def finish(self):
-        """The plaintext of the last, shorter segment (empty if there is none)."""
+        """The plaintext of the last, shorter segment (empty if there is none). A last
+        segment of a nonce and a MAC alone that authenticates is an empty one: the Go
+        implementation writes an empty file so."""
         segment, self.pending = self.pending, b""
         if not segment:
             return b""
-        if len(segment) <= NONCE_SIZE + MAC_SIZE:
-            raise UserError(CORRUPT, "The file is truncated: its last segment is too short to "
-                                     "be a Crypt4GH segment.")
+        if len(segment) < NONCE_SIZE + MAC_SIZE:
+            raise UserError(CORRUPT, f"The file is truncated: its last segment has "
+                                     f"{len(segment)} bytes, fewer than a nonce and a MAC "
+                                     f"({NONCE_SIZE + MAC_SIZE}); upload it again.")
         for cipher in self.ciphers:
             try:
                 plain = cipher.decrypt(segment[:NONCE_SIZE], segment[NONCE_SIZE:], None)
@@ -270,4 +278,4 @@ class BodyDecryptor:
                 return plain
             except InvalidTag:
                 continue
-        self._fail()
+        self._fail(last=True)

@@ -454,3 +454,52 @@ def test_rotation_refuses_what_verify_refuses(akeys):
     expect_user_error(EDIT_LIST, rotate_header, header, akeys["loaded_old"], target)
     plain, _ = encrypt(b"y" * 100, akeys["other"])
     expect_user_error(WRONG_KEY, rotate_header, plain, akeys["loaded_old"], target)
+
+
+# -- how a body ends: the segment boundaries (issue 17) ------------------------------------
+
+def sealed(key, plaintext):
+    """One Crypt4GH segment: a nonce, the data, the MAC."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    nonce = os.urandom(12)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, None)
+
+
+def flip_last(data):
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+@pytest.mark.parametrize("body_plain", [
+    pytest.param([], id="0 bytes: no segment"),
+    pytest.param([b""], id="exactly 28: an empty segment that authenticates (Go's empty file)"),
+    pytest.param([b"x"], id="29: one byte"),
+    pytest.param([b"a" * SEGMENT], id="one full segment"),
+    pytest.param([b"a" * SEGMENT, b""], id="a full segment plus 28: an empty last one"),
+    pytest.param([b"a" * SEGMENT, b"z"], id="a full segment plus 29"),
+])
+@pytest.mark.parametrize("chunk_size", [1, 28, 1000, CIPHER_SEGMENT, BIG])
+def test_every_way_a_good_body_ends(body_plain, chunk_size):
+    key = os.urandom(32)
+    body = b"".join(sealed(key, p) for p in body_plain)
+    assert len(body) == sum(len(p) + 28 for p in body_plain)
+    assert decrypt_body(body, [key], chunk_size) == b"".join(body_plain)
+
+
+@pytest.mark.parametrize("body, says", [
+    pytest.param(lambda k: sealed(k, b"")[:27], "has 27 bytes, fewer than a nonce and a MAC (28)",
+                 id="27: truncated"),
+    pytest.param(lambda k: sealed(k, b"a" * SEGMENT) + sealed(k, b"")[:20],
+                 "has 20 bytes, fewer than a nonce and a MAC (28)", id="full + 20: truncated"),
+    pytest.param(lambda k: sealed(os.urandom(32), b""), "Segment 1 of the file, its last",
+                 id="28 that does not authenticate"),
+    pytest.param(lambda k: sealed(k, b"a" * SEGMENT) + sealed(k, b"xy")[:29],
+                 "Segment 2 of the file, its last", id="full + 29 cut from 30"),
+    pytest.param(lambda k: flip_last(sealed(k, b"a" * SEGMENT)) + sealed(k, b"z"),
+                 "Segment 1 of the file does not decrypt", id="a full segment altered"),
+])
+def test_every_way_a_bad_body_ends_says_which(body, says):
+    key = os.urandom(32)
+    error = expect_user_error(CORRUPT, decrypt_body, body(key), [key], 1000)
+    assert says in error.reason, error.reason
+    assert ("truncated" in error.reason) and ("upload it again" in error.reason)
