@@ -15,6 +15,7 @@ the body segment by segment (``BodyDecryptor``).
 """
 
 import hashlib
+import logging
 import os
 import struct
 
@@ -26,6 +27,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .config import ConfigError
 from .errors import CORRUPT, EDIT_LIST, NOT_CRYPT4GH, WRONG_KEY, UserError
+
+LOG = logging.getLogger(__name__)
 
 MAGIC = b"crypt4gh"
 VERSION = 1
@@ -182,6 +185,25 @@ def opening_key(header, private_keys):
     return None
 
 
+def _pkcs8_key(index, path, passphrase):
+    """An X25519 private key in a PKCS#8 PEM file (``BEGIN PRIVATE KEY``, not locked)."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(path, "rb") as f:
+        try:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"keys[{index}]: {path} is a PKCS#8 PEM file that cannot be "
+                              f"read ({e})") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise ConfigError(f"keys[{index}]: {path} holds a {key.__class__.__name__}, not an "
+                          "X25519 key as Crypt4GH needs")
+    if passphrase:
+        LOG.warning("keys[%d]: %s is a PKCS#8 key that is not locked: its passphrase is not "
+                    "used", index, path)
+    return key
+
+
 def load_private_keys(key_settings):
     """The archive's private keys from the ``keys`` settings (path and passphrase or
     passphrase_file each); a key that cannot be read stops the worker at start."""
@@ -205,9 +227,16 @@ def load_private_keys(key_settings):
                 raise ConfigError(f"keys[{i}].passphrase_file: cannot read "
                                   f"{setting['passphrase_file']}: {e.strerror}") from None
         try:
+            with open(path, "rb") as f:
+                pkcs8 = f.read(64).lstrip().startswith(b"-----BEGIN PRIVATE KEY-----") or None
+            if pkcs8:  # as the Java implementation writes them (the crypt4gh tool cannot)
+                keys.append(_pkcs8_key(i, path, passphrase))
+                continue
             raw = crypt4gh.keys.get_private_key(path, lambda p=passphrase: str(p or ""))
         except OSError as e:
             raise ConfigError(f"keys[{i}].path: cannot read {path}: {e.strerror}") from None
+        except ConfigError:
+            raise
         except (SystemExit, Exception):  # crypt4gh exits on a wrong passphrase
             raise ConfigError(f"keys[{i}]: {path} is not a Crypt4GH private key, or the "
                               "passphrase is wrong") from None

@@ -503,3 +503,31 @@ def test_every_way_a_bad_body_ends_says_which(body, says):
     error = expect_user_error(CORRUPT, decrypt_body, body(key), [key], 1000)
     assert says in error.reason, error.reason
     assert ("truncated" in error.reason) and ("upload it again" in error.reason)
+
+
+# -- keys in PKCS#8 PEM, as the Java implementation writes them ----------------------------
+
+def write_pkcs8(path, key):
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_a_pkcs8_x25519_key_is_read(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    key = X25519PrivateKey.generate()
+    (loaded,) = load_private_keys([{"path": write_pkcs8(tmp_path / "k.pem", key)}])
+    assert loaded.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+
+
+def test_a_pkcs8_key_of_another_kind_is_refused_clearly(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = write_pkcs8(tmp_path / "ed.pem", Ed25519PrivateKey.generate())
+    with pytest.raises(ConfigError, match="Ed25519PrivateKey, not an X25519 key"):
+        load_private_keys([{"path": path}])
