@@ -1,9 +1,9 @@
-# lega: make demo | make test | make stop | make clean
+# lega: make demo | make test | make compose-test | make stop | make clean
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench stop services venv clean
+.PHONY: demo test compose-test lint bench stop services venv clean
 
 # the virtual environment with lega and its pinned dependencies (and pytest)
 $(BIN)/ega-ingest: setup.py requirements.txt requirements-dev.txt
@@ -23,6 +23,13 @@ demo: venv services
 # real services
 test: venv services lint
 	@$(BIN)/python -m pytest -q tests
+
+# deploy/docker-compose.yml run for real: installs docker.io, debootstrap and compose v2
+# if missing, starts dockerd if none answers (and stops it after), builds the images
+# (cached) and ingests files through the stack (scripts/compose_test.py; the suite runs
+# it too, tests/test_compose.py)
+compose-test:
+	@$(PYTHON) scripts/compose_test.py
 
 # the benchmark (real workers and services, with baselines); smaller and quicker with
 # e.g. make bench BENCH_ARGS="--size-mib 64 --big-mib 128 --small-count 100"

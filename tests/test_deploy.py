@@ -1094,3 +1094,77 @@ def test_compose_secret_files_are_ignored_by_git():
     readme = subprocess.run(["git", "check-ignore", "-q", "deploy/secrets/README.md"],
                             cwd=ROOT)
     assert readme.returncode == 1, "deploy/secrets/README.md must stay in git"
+
+
+# -- the compose stack run for real (make compose-test, scripts/compose_test.py) ---------
+
+STANDINS = ROOT / "docker" / "standins"
+
+
+def test_compose_takes_every_image_from_a_variable_defaulting_to_the_official_one():
+    """So that the compose test swaps in its stand-ins with no second compose file."""
+    expected = {"mq": ("LEGA_MQ_IMAGE", "rabbitmq:3.12-management"),
+                "db": ("LEGA_DB_IMAGE", "postgres:15"),
+                "s3": ("LEGA_S3_IMAGE", "minio/minio:RELEASE.2024-12-18T13-15-44Z"),
+                "backup-s3": ("LEGA_S3_IMAGE", "minio/minio:RELEASE.2024-12-18T13-15-44Z")}
+    for name, service in services().items():
+        found = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", service["image"])
+        assert found, f"{name}: image {service['image']!r} is not ${{VARIABLE:-default}}"
+        if name in expected:
+            assert found.groups() == expected[name], name
+        else:
+            assert found.groups() == ("LEGA_IMAGE", "lega:latest"), name
+    script = (ROOT / "scripts" / "compose_test.py").read_text()
+    for variable, _ in expected.values():
+        assert f'"{variable}"' in script, f"the compose test does not set {variable}"
+
+
+def test_compose_test_has_a_stand_in_for_every_official_image():
+    for name in ("rabbitmq", "postgres", "s3"):
+        dockerfile = (STANDINS / name / "Dockerfile").read_text()
+        assert re.search(r"^ARG BASE_IMAGE=lega-local/debian:bookworm$", dockerfile, re.M)
+        assert "FROM ${BASE_IMAGE}" in dockerfile
+        # the classic builder (no registry for BuildKit's frontend): no COPY --chmod
+        assert not re.search(r"^(COPY|ADD) .*--chmod", dockerfile, re.M), name
+    assert "rabbitmq-diagnostics" in " ".join(services()["mq"]["healthcheck"]["test"])
+    assert "mc" in services()["s3"]["healthcheck"]["test"]
+    assert (STANDINS / "s3" / "mc.py").exists()
+    assert "POSTGRES_PASSWORD_FILE" in (STANDINS / "postgres" / "entrypoint.sh").read_text()
+
+
+def test_compose_lega_containers_run_read_only_as_the_images_user():
+    """The image's uid 10001 (no `user:` to override it), a read-only root filesystem and
+    a tmpfs /tmp, as the k8s manifests' readOnlyRootFilesystem and emptyDir."""
+    users = [args for instruction, args in dockerfile_instructions() if instruction == "USER"]
+    assert users[-1] == "10001:10001"
+    for name, service in lega_services().items():
+        assert service.get("read_only") is True, name
+        assert "/tmp" in service.get("tmpfs", []), name
+        assert "user" not in service, name
+
+
+def test_compose_publishes_nothing_beyond_loopback():
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def secrets_readme_script():
+    text = (DEPLOY / "secrets" / "README.md").read_text()
+    return re.search(r"```sh\n(.*?)```", text.split("## Making them", 1)[1], re.S).group(1)
+
+
+def test_secrets_readme_makes_the_archive_key_readable_by_the_lega_user_only():
+    """verify and fixity refuse a private key its group or others can read (lega/c4gh.py),
+    and compose mounts a secret file with its owner and mode on the host."""
+    script = secrets_readme_script()
+    for line in re.findall(r"chmod 644 (?:.*\\\n)*.*", script):
+        assert not re.search(r"\barchive_key\b(?!_)", line), line
+    assert re.search(r"^chmod 600 archive_key$", script, re.M)
+    assert re.search(r"chown 10001:10001 /secrets/archive_key$", script, re.M)
+
+
+def test_make_compose_test_runs_the_compose_test_script():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^compose-test:\n\t@\$\(PYTHON\) scripts/compose_test.py$", makefile, re.M)
+    assert (ROOT / "tests" / "test_compose.py").exists()
