@@ -179,20 +179,24 @@ def request_accession(ctx, file, decrypted):
 
 
 def prepare(worker):
-    """The archive's keys, registered by their hashes (SPEC 11); a retired one only tells
-    a file encrypted for it apart."""
+    """The archive's keys (registered by their hashes once started, SPEC 11); a retired
+    one only tells a file encrypted for it apart."""
     settings = worker.config["keys"]
     keys = load_private_keys(settings)
     worker.keys = [k for k, s in zip(keys, settings, strict=True) if not s.get("retired")]
     worker.retired_keys = [k for k, s in zip(keys, settings, strict=True) if s.get("retired")]
     if not worker.keys:
         raise ConfigError("keys: every key is retired; verify needs a current one")
-    new = wait_until_usable("the database", lambda: keys_db.register(worker.db, keys),
-                            worker.config, worker._waiting) or []
+
+
+def register_keys(worker):
+    """At start, once /ready is served (it says meanwhile what the database lacks)."""
+    new = wait_until_usable("the database", lambda: keys_db.register(
+        worker.db, worker.keys + worker.retired_keys), worker.config, worker._waiting) or []
     for digest in new:
         LOG.info("registered the archive key %s", digest)
 
 
 def main(argv=None):
     return worker_main("verify", broker.ARCHIVED_QUEUE, messages.VERIFICATION, handle, argv,
-                       prepare=prepare)
+                       prepare=prepare, started=register_keys)

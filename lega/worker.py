@@ -410,10 +410,12 @@ def wait_until_usable(what, check, config, should_stop):
 
 
 def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, database=True,
-         park_bad_messages=False):
+         park_bad_messages=False, started=None):
     """Command-line entry of a worker: ``ega-<name> [--conf PATH]``. ``queue`` is a
     queue's name, or a setting naming it (``broker.cega_queue``); a worker without
-    ``vault`` or ``database`` neither opens nor waits for them."""
+    ``vault`` or ``database`` neither opens nor waits for them. ``prepare(worker)`` runs
+    before anything is served, ``started(worker)`` once /health and /ready are, and the
+    storage is usable (before the first message)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"ega-{name}", description=f"LocalEGA {name} worker")
@@ -438,6 +440,8 @@ def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, databas
             wait_until_usable("the vault", store.check, config, worker._waiting)
         if backup is not None:
             wait_until_usable("the backup storage", backup.check, config, worker._waiting)
+        if started is not None:
+            started(worker)
     except lega_config.ConfigError as e:
         print(f"ega-{name}: configuration error: {e}", file=sys.stderr)
         return 2
