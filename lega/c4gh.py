@@ -211,13 +211,16 @@ def load_private_keys(key_settings):
     for i, setting in enumerate(key_settings):
         path = setting["path"]
         try:
-            mode = os.stat(path).st_mode
+            found = os.stat(path)
         except OSError as e:
             raise ConfigError(f"keys[{i}].path: cannot read {path}: {e.strerror}") from None
-        if mode & 0o077:
+        mode = found.st_mode
+        # others never; the group only if it is verify's own (as Kubernetes mounts a
+        # secret: owned by root, group the pod's fsGroup, mode 0440)
+        if mode & 0o007 or mode & 0o070 and found.st_gid != os.getgid():
             raise ConfigError(f"keys[{i}].path: {path} can be read by other users (mode "
-                              f"{mode & 0o777:o}); make it readable by verify's user only: "
-                              f"chmod 600 {path}")
+                              f"{mode & 0o777:o}, group {found.st_gid}); make it readable by "
+                              f"verify's user (or its own group) only: chmod 600 {path}")
         passphrase = setting.get("passphrase")
         if passphrase is None and setting.get("passphrase_file"):
             try:

@@ -531,3 +531,28 @@ def test_a_pkcs8_key_of_another_kind_is_refused_clearly(tmp_path):
     path = write_pkcs8(tmp_path / "ed.pem", Ed25519PrivateKey.generate())
     with pytest.raises(ConfigError, match="Ed25519PrivateKey, not an X25519 key"):
         load_private_keys([{"path": path}])
+
+
+# -- who may read a key file ----------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, group, ok", [
+    (0o600, "ours", True),
+    (0o400, "ours", True),
+    (0o440, "ours", True),     # as Kubernetes mounts a secret (root, the pod's fsGroup)
+    (0o640, "another", False),
+    (0o604, "ours", False),    # others: never
+    (0o644, "ours", False),
+])
+def test_who_may_read_the_key_file(akeys, tmp_path, mode, group, ok):
+    if os.geteuid() != 0 and group == "another":
+        pytest.skip("changing a file's group to one we are not in needs root")
+    path = tmp_path / "key.sec"
+    path.write_bytes(open(akeys["old"].seckey, "rb").read())
+    if group == "another":
+        os.chown(path, -1, os.getgid() + 4242)
+    path.chmod(mode)
+    if ok:
+        assert load_private_keys([{"path": str(path)}])
+    else:
+        with pytest.raises(ConfigError, match="can be read by other users"):
+            load_private_keys([{"path": str(path)}])
