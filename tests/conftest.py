@@ -283,6 +283,7 @@ class Stack:
         self.health = {}
         self.broker_urls = {}  # each worker's own broker user, when made
         self.log_marks = {}  # where each worker's log was when it was last started
+        self.started = []  # every worker process started, to stop them all at the end
 
     # the worker programs
     def start_worker(self, name, tag=None, env=None):
@@ -300,6 +301,7 @@ class Stack:
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
                                                 str(self.config_path)],
                                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.started.append(self.processes[tag])  # every one is stopped at the end
         return self.processes[tag]
 
     @contextlib.contextmanager
@@ -608,13 +610,15 @@ def stack(request, tmp_path_factory, keys):
     stack.direct_dsn = dsn
     stack.proxy, stack.db_proxy, stack.backup_proxy = proxy, db_proxy, backup_proxy
     stack.broker_urls = broker_urls
-    for name in STACK_WORKERS:
-        stack.start_worker(name)
-    for name in STACK_WORKERS:
-        stack.wait_consuming(name)
-    yield stack
-
-    stop_processes(stack.processes.values())
+    try:  # a worker that cannot start must not leave the others running (they would
+        # consume the next stack's messages)
+        for name in STACK_WORKERS:
+            stack.start_worker(name)
+        for name in STACK_WORKERS:
+            stack.wait_consuming(name)
+        yield stack
+    finally:
+        stop_processes(stack.started)
     cega.stop.set()
     cega.thread.join(timeout=5)
     stack.db.close()
