@@ -111,30 +111,34 @@ def _shared_key(private_key, writer_public):
 
 
 def _open_packet(packet, private_keys):
-    """The plaintext of a header packet, or None if none of our keys opens it."""
+    """(the plaintext of a header packet, the key that opened it), or (None, None) if
+    none of our keys opens it."""
     (method,) = struct.unpack_from("<I", packet)
     if method != X25519_CHACHA20 or len(packet) < MIN_PACKET_SIZE - 4:
-        return None
+        return None, None
     writer_public, nonce, sealed = packet[4:36], packet[36:48], packet[48:]
     for key in private_keys:
         try:
-            return ChaCha20Poly1305(_shared_key(key, writer_public)).decrypt(nonce, sealed, None)
+            return (ChaCha20Poly1305(_shared_key(key, writer_public)).decrypt(nonce, sealed,
+                                                                              None), key)
         except (InvalidTag, ValueError):
             continue
-    return None
+    return None, None
 
 
-def session_keys(header, private_keys, retired_keys=()):
-    """Decrypt the header with any of our private keys; the body's session keys.
+def session_keys(header, private_keys, retired_keys=(), with_key=False):
+    """Decrypt the header with any of our private keys; the body's session keys (and,
+    ``with_key``, the first of our keys that opened a packet).
 
     Files with an edit list are refused: the archive keeps whole files only; so are
     files that only a retired key opens.
     """
-    keys = []
+    keys, opener = [], None
     for packet in header_packets(header):
-        plain = _open_packet(packet, private_keys)
+        plain, key = _open_packet(packet, private_keys)
         if plain is None:
             continue  # for another recipient
+        opener = opener or key
         if len(plain) < 4:
             raise UserError(CORRUPT, "A Crypt4GH header packet is empty.")
         (kind,) = struct.unpack_from("<I", plain)
@@ -154,7 +158,7 @@ def session_keys(header, private_keys, retired_keys=()):
         raise UserError(WRONG_KEY, "The file is not encrypted for this archive: none of its "
                                    "header packets opens with the archive's key; encrypt it "
                                    "for the archive's public key.")
-    return keys
+    return (keys, opener) if with_key else keys
 
 
 def rotate_header(header, private_keys, target_public):
@@ -180,7 +184,8 @@ def opening_key(header, private_keys):
     """The index of the first of our private keys that opens a packet of the header,
     or None."""
     for index, key in enumerate(private_keys):
-        if any(_open_packet(packet, [key]) is not None for packet in header_packets(header)):
+        if any(_open_packet(packet, [key])[0] is not None
+               for packet in header_packets(header)):
             return index
     return None
 

@@ -54,9 +54,8 @@ def _when(epoch):
 def _event(cur, db, ctx, dataset_id, event, status):
     cur.execute("""INSERT INTO dataset_events
                        (dataset_id, event, status, worker, correlation_id, message)
-                   VALUES (%s, %s, %s, %s, %s, %s) RETURNING id""",
+                   VALUES (%s, %s, %s, %s, %s, %s)""",
                 (dataset_id, event, status, db.worker, ctx.correlation_id, ctx.raw_text))
-    return cur.fetchone()["id"]
 
 
 def apply_mapping(db, ctx, dataset_id, accession_ids):

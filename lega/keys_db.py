@@ -11,10 +11,13 @@ import hashlib
 STATUSES = ("active", "deprecated")
 
 
+def _public(key):
+    return key.public_key() if hasattr(key, "public_key") else key
+
+
 def key_hash(key):
     """The key hash of an X25519 private or public key."""
-    public = key.public_key() if hasattr(key, "public_key") else key
-    return hashlib.sha256(public.public_bytes_raw()).hexdigest()
+    return hashlib.sha256(_public(key).public_bytes_raw()).hexdigest()
 
 
 def register(db, keys):
@@ -23,7 +26,7 @@ def register(db, keys):
     new = []
     with db.transaction() as cur:
         for key in keys:
-            public = key.public_key() if hasattr(key, "public_key") else key
+            public = _public(key)
             digest = key_hash(public)
             cur.execute("""INSERT INTO archive_keys (key_hash, public_key) VALUES (%s, %s)
                            ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash""",

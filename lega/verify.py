@@ -48,9 +48,8 @@ def handle(worker, ctx, message):
     header = worker.db.header(file["id"])
     if re_verify:  # old data: a retired key may open it, and a failure is ours to fix
         try:
-            every_key = worker.keys + worker.retired_keys
-            keys = session_keys(header, every_key)
-            key = every_key[opening_key(header, every_key)]
+            keys, key = session_keys(header, worker.keys + worker.retired_keys,
+                                     with_key=True)
             size, decrypted = check_vault_copy(worker, file, keys)
         except UserError as e:
             raise IntegrityError(f"re-verification failed: {e.code}: {e.reason}") from None
@@ -60,7 +59,7 @@ def handle(worker, ctx, message):
     LOG.info("verified: %d bytes decrypt to %d bytes, sha256 %s", file["archive_size"], size,
              decrypted["sha256"])
 
-    digest = keys_db.key_hash(key)
+    digest = worker.key_hashes[id(key)]
     if re_verify:
         recorded = worker.db.checksums(file["id"], "decrypted")
         if recorded != decrypted or file["decrypted_size"] != size:
@@ -85,21 +84,19 @@ def open_header(worker, header):
     """The body's session keys, and the archive key that opened the header: a key the
     registry says is deprecated (SPEC 11), or one configured as retired, opens no new
     file."""
-    deprecated = keys_db.deprecated(worker.db)
-    usable = [k for k in worker.keys if keys_db.key_hash(k) not in deprecated]
-    refused = worker.retired_keys + [k for k in worker.keys if k not in usable]
+    deprecated = keys_db.deprecated(worker.db)  # each time: a deprecation needs no restart
+    usable = [k for k in worker.keys if worker.key_hashes[id(k)] not in deprecated]
+    refused = [k for k in worker.keys if k not in usable]
     try:
-        keys = session_keys(header, usable, worker.retired_keys)
+        return session_keys(header, usable, worker.retired_keys, with_key=True)
     except UserError as e:
-        index = opening_key(header, refused)
-        if e.code == WRONG_KEY and index is not None and refused[index] not in \
-                worker.retired_keys:
+        index = opening_key(header, refused) if e.code == WRONG_KEY else None
+        if index is not None:
             raise UserError(WRONG_KEY, "The file is encrypted for a key this archive has "
-                                       f"deprecated ({keys_db.key_hash(refused[index])}); "
-                                       "encrypt it for the archive's current public key.") \
+                                       f"deprecated ({worker.key_hashes[id(refused[index])]}"
+                                       "); encrypt it for the archive's current public key.") \
                 from None
         raise
-    return keys, usable[opening_key(header, usable)]
 
 
 def check_vault_copy(worker, file, keys):
@@ -187,6 +184,7 @@ def prepare(worker):
     worker.retired_keys = [k for k, s in zip(keys, settings, strict=True) if s.get("retired")]
     if not worker.keys:
         raise ConfigError("keys: every key is retired; verify needs a current one")
+    worker.key_hashes = {id(k): keys_db.key_hash(k) for k in keys}  # once, at start
 
 
 def register_keys(worker):
