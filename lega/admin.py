@@ -164,7 +164,7 @@ def admin_channel(config):
 
     connection, channel = broker.connect(config["broker.url"], name="ega-admin",
                                          tls=broker.tls(config))
-    broker.declare_topology(channel, cega_queue=config["broker.cega_queue"])
+    broker.declare_topology(channel, **broker.options(config))
     return connection, channel
 
 
@@ -262,7 +262,7 @@ def dead_letters_command(args, config, db):
 
     url = config["broker.url"]
     if args.dead_command == "list":
-        parked = dead_letters.list_parked(url, broker.tls(config), config["broker.cega_queue"])
+        parked = dead_letters.list_parked(url, broker.tls(config), broker.options(config))
         if args.json:
             print(json.dumps(parked))
         elif not parked:
@@ -273,7 +273,7 @@ def dead_letters_command(args, config, db):
                   f"    message: {json.dumps(message['message'])[:300]}")
         return 0
     sent = dead_letters.requeue(url, db, None if args.all else set(args.ids),
-                                broker.tls(config), config["broker.cega_queue"])
+                                broker.tls(config), broker.options(config))
     for message in sent:
         print(f"sent {message['id']} back to {message['queue']}")
     missing = set() if args.all else set(args.ids) - {m["id"] for m in sent}

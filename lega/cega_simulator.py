@@ -67,13 +67,15 @@ def printer(out):
 
 def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
         queue=broker.TO_CEGA_QUEUE, should_stop=lambda: False, tls=None, federated=None,
-        heartbeat=0):
+        heartbeat=0, options=None):
     """Consume what LocalEGA sends; answer each accession request on the queue that
     ``answer(request)`` names (``accession``, or the federated queue), or not at all
     if it names none. The federated queue ``federated``, when given, also gets a
-    heartbeat every ``heartbeat`` seconds (if not 0)."""
+    heartbeat every ``heartbeat`` seconds (if not 0). ``options``: the topology's
+    (:func:`lega.broker.options`)."""
     connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
-    broker.declare_topology(channel, cega_queue=federated or broker.CEGA_QUEUE)
+    broker.declare_topology(channel, **{"cega_queue": federated or broker.CEGA_QUEUE,
+                                        **(options or {})})
     channel.basic_qos(prefetch_count=10)
     next_heartbeat = time.monotonic()
     try:
@@ -106,11 +108,11 @@ def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
             LOG.debug("closing: %r", e)
 
 
-def send(url, queue, body, tls=None, cega_queue=broker.CEGA_QUEUE):
+def send(url, queue, body, tls=None, options=None):
     """Send one message as Central EGA does (persistent JSON, confirmed)."""
     connection, channel = broker.connect(url, name="cega-simulator", tls=tls)
     try:
-        broker.declare_topology(channel, cega_queue=cega_queue)
+        broker.declare_topology(channel, **(options or {}))
         broker.publish(channel, "", queue, body, str(uuid.uuid4()))
     finally:
         connection.close()
@@ -153,12 +155,13 @@ def main(argv=None):
     logging.basicConfig(level=config["log.level"], format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
     url, cega_queue = config["broker.url"], config["broker.cega_queue"]
+    options = broker.options(config)
     federated = cega_queue if args.federated else None
 
     if args.command in ("ingest", "cancel"):
         send(url, federated or broker.FILES_QUEUE,
              {"type": args.command, "user": args.user, "filepath": args.filepath},
-             tls=broker.tls(config), cega_queue=cega_queue)
+             tls=broker.tls(config), options=options)
         print(f"Central EGA sent {args.command} for {args.user}:{args.filepath}"
               + (f" (to {cega_queue})" if federated else ""))
         return 0
@@ -168,7 +171,7 @@ def main(argv=None):
         if args.command == "map":
             message["accession_ids"] = args.accession_ids
         send(url, federated or broker.DATASETS_QUEUE, message, tls=broker.tls(config),
-             cega_queue=cega_queue)
+             options=options)
         print(f"Central EGA sent {message['type']} of {args.dataset_id}"
               + (f" ({len(args.accession_ids)} file{'s' * (len(args.accession_ids) != 1)})"
                  if args.command == "map" else "")
@@ -180,7 +183,7 @@ def main(argv=None):
         except ValueError as e:
             print(f"ega-cega-simulator: the message is not JSON: {e}", file=sys.stderr)
             return 2
-        send(url, cega_queue, message, tls=broker.tls(config), cega_queue=cega_queue)
+        send(url, cega_queue, message, tls=broker.tls(config), options=options)
         print(f"Central EGA sent a message to {cega_queue}")
         return 0
 
@@ -192,7 +195,7 @@ def main(argv=None):
         try:
             run(url, printer(sys.stdout), answer=lambda request: answer_on,
                 should_stop=lambda: bool(stop), tls=broker.tls(config), federated=federated,
-                heartbeat=args.heartbeat)
+                heartbeat=args.heartbeat, options=options)
         except broker.CONNECTION_ERRORS as e:
             LOG.warning("broker connection lost (%s); reconnecting", e.__class__.__name__)
             time.sleep(2)

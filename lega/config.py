@@ -45,6 +45,14 @@ DEFAULTS = {
         # the federated queue Central EGA fills with every message for this node
         # (SPEC 8), consumed by ega-dispatch
         "cega_queue": "from_cega",
+        # quorum (replicated, SPEC 12) or classic: the type of every queue we declare
+        "queue_type": "quorum",
+        # quorum queues: a message delivered this many times without being settled (its
+        # worker crashed or lost the broker each time) is parked in lega.dead_letters
+        "delivery_limit": 10,
+        # RabbitMQ's management API, where a worker asks the type of its queues (empty:
+        # each broker.url host, port 15672, or 15671 for amqps://)
+        "management_url": "",
     },
     "cega": {
         # files.processing is not part of today's federated interface (Central EGA
@@ -318,6 +326,17 @@ def _check(config):
     if cega_queue in broker.OWN_QUEUES or cega_queue.startswith("lega."):
         raise ConfigError(f"broker.cega_queue: {cega_queue} is one of our own queues; name "
                           "the queue Central EGA's messages arrive in (from_cega)")
+    if config["broker.queue_type"] not in broker.QUEUE_TYPES:
+        raise ConfigError(f"broker.queue_type: {' or '.join(broker.QUEUE_TYPES)}, got "
+                          f"{config['broker.queue_type']!r}")
+    limit = config["broker.delivery_limit"]
+    if limit < 1:
+        raise ConfigError(f"broker.delivery_limit: a whole number of deliveries, 1 or more, "
+                          f"got {limit!r}")
+    management = config["broker.management_url"]
+    if management and urlsplit(management).scheme not in ("http", "https"):
+        raise ConfigError(f"broker.management_url: an http:// or https:// URL, got "
+                          f"{redact(management)}")
     if not config["db.dsn"]:
         raise ConfigError("db.dsn: missing (a PostgreSQL connection string)")
     for store in ("inbox", "vault", "backup"):

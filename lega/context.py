@@ -12,6 +12,8 @@ import pika.exceptions
 from . import broker, logs, messages
 
 ATTEMPTS_HEADER = "x-lega-attempts"
+# a quorum queue's count of the earlier deliveries of this message that were not settled
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 # when the worker first took the message (epoch microseconds: AMQP headers have no
 # floats), kept through its retries: a message that waited is known to be older than
 # one that came after it

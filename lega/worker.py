@@ -41,7 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pika.exceptions
 
 from . import broker, config as lega_config, health, logs, messages, vault as lega_vault
-from .context import ATTEMPTS_HEADER, FIRST_SEEN_HEADER, Context, Publication
+from .context import (ATTEMPTS_HEADER, DELIVERY_COUNT_HEADER, FIRST_SEEN_HEADER, Context,
+                      Publication)
 from .db import Database
 from .errors import NotReady, UserError
 
@@ -74,6 +75,7 @@ class Worker:
         self.connection = None
         self.channel = None
         self._delivery = None
+        self._compared = False  # the queues with what the configuration declares
         self.last_tick = time.monotonic()
 
     # -- the connection's thread ----------------------------------------------------
@@ -107,9 +109,15 @@ class Worker:
         self.connection, self.channel = broker.connect(
             self.config["broker.url"], self.config["broker.heartbeat"], self.ident,
             broker.tls(self.config))
+        config = self.config
         broker.prepare(self.connection, self.name, self.delays,
-                       f"broker user {broker.username(self.config['broker.url'])}",
-                       self.config["broker.cega_queue"])
+                       f"broker user {broker.username(config['broker.url'])}",
+                       **broker.options(config),
+                       management=broker.management_apis(config["broker.url"],
+                                                         config["broker.management_url"],
+                                                         config["broker.ca_bundle"]),
+                       compare=not self._compared)  # at start, not at every reconnection
+        self._compared = True
         self.channel.basic_qos(prefetch_count=1)
         self.channel.basic_consume(self.queue, self._on_message)
         LOG.info("%s consuming from %s", self.ident, self.queue)
@@ -251,6 +259,8 @@ class Worker:
                         return self.park_bad_message(ctx, e)
                     raise
                 ctx.about_body(body)
+                if self.delivered_too_often(ctx):
+                    return
                 kind = body.get("type") if self.kind in (messages.FEDERATED,
                                                          messages.DATASETS) else self.kind
                 # a heartbeat a minute is not worth a line of its own but at debug level
@@ -274,6 +284,24 @@ class Worker:
                 self.retry_later(ctx, e, quiet=True)
         except Exception as e:
             self.retry_later(ctx, e)
+
+    def delivered_too_often(self, ctx):
+        """A message the queue has handed out ``broker.delivery_limit`` times without it
+        being settled (the worker crashed, or lost the broker, each time) is parked, not
+        tried again: the next crash would have the quorum queue dead-letter it itself,
+        with no record in the file's history."""
+        deliveries = ctx.headers.get(DELIVERY_COUNT_HEADER)
+        limit = self.config["broker.delivery_limit"]
+        if (self.config["broker.queue_type"] != broker.QUORUM or not ctx.redelivered
+                or not isinstance(deliveries, int) or deliveries < limit):
+            return False
+        LOG.error("delivered %d times without being settled (its worker crashed or lost the "
+                  "broker each time); parking the message in %s for operators", deliveries + 1,
+                  broker.DEAD_LETTERS)
+        self.give_up(ctx, f"delivered {deliveries + 1} times without being settled (its "
+                          "worker crashed or lost the broker each time)")
+        ctx.settle()
+        return True
 
     def report_user_error(self, ctx, error):
         """The submitter's fault: error status, nothing in the vault, one files.error."""
@@ -311,7 +339,9 @@ class Worker:
         ctx.settle()
 
     def _failure_headers(self, ctx, reason):
-        headers = {**ctx.headers, ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
+        # the broker's count of this delivery is not the next message's
+        headers = {**{k: v for k, v in ctx.headers.items() if k != DELIVERY_COUNT_HEADER},
+                   ATTEMPTS_HEADER: ctx.attempt, "x-lega-error": reason[:1000],
                    "x-lega-queue": self.queue, FIRST_SEEN_HEADER: round(ctx.first_seen * 1e6)}
         if ctx.file_id:
             headers["x-lega-file-id"] = ctx.file_id
@@ -347,10 +377,13 @@ class Worker:
             return
         LOG.error("failed %d times (%s); parking the message in %s for operators",
                   ctx.attempt, reason, broker.DEAD_LETTERS)
+        self.give_up(ctx, reason, f"parked after {ctx.attempt} attempts: {reason}")
+
+    def give_up(self, ctx, reason, file_reason=None):
+        """Parked, and the file (if there is one in progress) in error for operators."""
         self.park(ctx, reason)
         if ctx.file_id:
-            self.db.set_error(ctx.file_id, ctx, PARKED,
-                              f"parked after {ctx.attempt} attempts: {reason}",
+            self.db.set_error(ctx.file_id, ctx, PARKED, file_reason or f"parked: {reason}",
                               expected=IN_PROGRESS)
 
 

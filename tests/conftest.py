@@ -50,6 +50,10 @@ DB_ADMIN_DSN = os.environ.get("LEGA_TEST_DB_ADMIN_DSN",
 DB_NAME = "lega_test"
 FEGA_SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "fega-schemas"
 RETRY_DELAYS = [0.2, 0.4, 0.8]
+# the queues' type (SPEC 12): quorum, as by default, or classic (make test-classic)
+QUEUE_TYPE = os.environ.get("LEGA_TEST_QUEUE_TYPE", broker.QUORUM)
+TOPOLOGY = {"cega_queue": broker.CEGA_QUEUE, "queue_type": QUEUE_TYPE,
+            "delivery_limit": broker.DELIVERY_LIMIT}
 MAX_ATTEMPTS = 6  # parked after about 3 s of failures
 WORKERS = ("ingest", "verify", "finalize", "datasets")  # each with a database role
 STACK_WORKERS = (*WORKERS, "dispatch")                 # dispatch needs the broker only
@@ -142,7 +146,7 @@ class CentralEGA:
         while not self.stop.is_set():
             try:
                 cega_simulator.run(self.url, self._record, answer=self._answer,
-                                   should_stop=self.stop.is_set, tls=self.tls)
+                                   should_stop=self.stop.is_set, tls=self.tls, options=TOPOLOGY)
             except broker.CONNECTION_ERRORS:
                 time.sleep(0.5)
 
@@ -464,16 +468,16 @@ def reset_broker(url):
     if not shutil.which("rabbitmqctl") or "LEGA_TEST_BROKER_URL" in os.environ:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
-        exchanges, queues, _ = broker.topology(RETRY_DELAYS)
+        exchanges, queues, _ = broker.topology(RETRY_DELAYS, **TOPOLOGY)
         for name, _ in queues:
             channel.queue_delete(name)
         for name, _ in exchanges:
             channel.exchange_delete(name)
         connection.close()
         return {}
-    definitions = broker.definitions(RETRY_DELAYS, vhost, BROKER_USER_PREFIX)
-    passwords = {"users": [{"name": user["name"], "password": BROKER_USER_PASSWORD, "tags": ""}
-                           for user in definitions["users"]],
+    definitions = broker.definitions(RETRY_DELAYS, vhost, BROKER_USER_PREFIX, **TOPOLOGY)
+    passwords = {"users": [{"name": user["name"], "password": BROKER_USER_PASSWORD,
+                            "tags": user["tags"]} for user in definitions["users"]],
                  "permissions": [{"user": "guest", "vhost": vhost, "configure": ".*",
                                   "write": ".*", "read": ".*"}]}
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
@@ -554,7 +558,7 @@ def stack(request, tmp_path_factory, keys):
     db_params = psycopg2.extensions.parse_dsn(dsn)
     db_proxy = TcpProxy(db_params.get("host", "127.0.0.1"), int(db_params.get("port", 5432)))
     config = {
-        "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
+        "broker": {"url": BROKER_URL, "reconnect_delay": 0.2, "queue_type": QUEUE_TYPE},
         "db": {"dsn": psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port=db_proxy.port)},
         "keys": [
             {"path": str(keys["old"].sec), "passphrase": keys["old"].passphrase},
@@ -724,6 +728,12 @@ class TcpProxy:
 
 
 # -- checks shared by the tests -------------------------------------------------------------
+
+def run_admin(stack, *args, check=True):
+    """``ega-admin`` on the stack's configuration."""
+    return subprocess.run([str(BIN / "ega-admin"), "--conf", str(stack.config_path), *args],
+                          capture_output=True, text=True, check=check)
+
 
 def fega_validate(schema_name, message):
     """Validate against the real federated EGA schema, where ../shared has them."""

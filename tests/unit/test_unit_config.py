@@ -242,6 +242,26 @@ def test_the_federated_queue_is_not_one_of_ours(queue):
                         environ={"LEGA_BROKER_CEGA_QUEUE": queue})
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("LEGA_BROKER_QUEUE_TYPE", "Quorum"), ("LEGA_BROKER_QUEUE_TYPE", "stream"),
+    ("LEGA_BROKER_QUEUE_TYPE", ""), ("LEGA_BROKER_DELIVERY_LIMIT", "0"),
+    ("LEGA_BROKER_DELIVERY_LIMIT", "-3"), ("LEGA_BROKER_DELIVERY_LIMIT", "often"),
+    ("LEGA_BROKER_MANAGEMENT_URL", "ftp://mq:15672"),
+    ("LEGA_BROKER_MANAGEMENT_URL", "mq.example.org:15672"),
+])
+def test_queue_settings_are_checked(setting, value):
+    name = setting[len("LEGA_"):].lower().replace("broker_", "broker.", 1)
+    assert_config_error(name, path=None, environ={setting: value})
+
+
+def test_queue_settings_defaults():
+    conf = load(None, {})
+    assert conf["broker.queue_type"] == "quorum"
+    assert conf["broker.delivery_limit"] == 10
+    assert conf["broker.management_url"] == ""
+    assert load(None, {"LEGA_BROKER_QUEUE_TYPE": "classic"})["broker.queue_type"] == "classic"
+
+
 @pytest.mark.parametrize("driver", ["gcs", "POSIX", ""])
 def test_vault_driver_must_be_posix_or_s3(driver):
     assert_config_error("vault.driver", path=None, environ={"LEGA_VAULT_DRIVER": driver})
