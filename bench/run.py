@@ -97,8 +97,8 @@ def big_file_rss(work, keys, size_mib):
         shutil.rmtree(stack.work, ignore_errors=True)
 
 
-def small_files(work, keys, count, kib, workers):
-    stack = BenchStack(work / f"small-{workers}", keys, workers=workers)
+def small_files(work, keys, count, kib, workers, queue_type=conftest.QUEUE_TYPE):
+    stack = BenchStack(work / f"small-{workers}", keys, workers=workers, queue_type=queue_type)
     try:
         users = [f"small-{i}" for i in range(count)]
         for user in users:

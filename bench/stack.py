@@ -49,16 +49,17 @@ class BenchStack:
     """Fresh database and queues, a POSIX inbox and vault (or S3 ones), N workers of
     each kind, and Central EGA answering accession requests."""
 
-    def __init__(self, work, keys, workers=1, vault=None, inbox=None, backup=None):
+    def __init__(self, work, keys, workers=1, vault=None, inbox=None, backup=None,
+                 queue_type=conftest.QUEUE_TYPE):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.keys = keys
         self.dsn = conftest.reset_database(conftest.DB_ADMIN_DSN, conftest.DB_NAME)
-        conftest.reset_broker(conftest.BROKER_URL)
+        conftest.reset_broker(conftest.BROKER_URL, queue_type)
         self.inbox_dir = self.work / "inbox"
         self.vault_dir = self.work / "vault"
         config = {
-            "broker": {"url": conftest.BROKER_URL},
+            "broker": {"url": conftest.BROKER_URL, "queue_type": queue_type},
             "db": {"dsn": self.dsn},
             "keys": [{"path": str(keys["archive"].sec),
                       "passphrase": keys["archive"].passphrase}],
@@ -72,7 +73,8 @@ class BenchStack:
         subprocess.run([str(conftest.BIN / "ega-admin"), "--conf", str(self.config_path), "db",
                         "migrate"], check=True, capture_output=True)
         self.db = Database(self.dsn)
-        self.cega = conftest.CentralEGA(conftest.BROKER_URL)
+        self.cega = conftest.CentralEGA(conftest.BROKER_URL, options={
+            **conftest.TOPOLOGY, "queue_type": queue_type})
         self.processes = {}
         for name in conftest.WORKERS:
             for i in range(workers):

@@ -131,9 +131,10 @@ def checksum_list(values):
 class CentralEGA:
     """Runs the simulator's code on a thread and records what LocalEGA sends."""
 
-    def __init__(self, url, tls=None):
+    def __init__(self, url, tls=None, options=None):
         self.url = url
         self.tls = tls  # for amqps:// URLs (see lega.broker.connect)
+        self.options = options or TOPOLOGY  # the topology's (lega.broker.options)
         self.received = []
         self.cond = threading.Condition()
         self.silent_users = set()  # no accession answers for these users
@@ -146,7 +147,8 @@ class CentralEGA:
         while not self.stop.is_set():
             try:
                 cega_simulator.run(self.url, self._record, answer=self._answer,
-                                   should_stop=self.stop.is_set, tls=self.tls, options=TOPOLOGY)
+                                   should_stop=self.stop.is_set, tls=self.tls,
+                                   options=self.options)
             except broker.CONNECTION_ERRORS:
                 time.sleep(0.5)
 
@@ -458,24 +460,25 @@ BROKER_USER_PREFIX = "lega_test_"
 BROKER_USER_PASSWORD = "broker-test-password"
 
 
-def reset_broker(url):
+def reset_broker(url, queue_type=QUEUE_TYPE):
     """An empty test vhost, loaded with our definitions file (topology, a broker user
     per worker and its permissions) as an operator would, then a second, secret one
     with the users' passwords. Returns the workers' broker URLs ({} without rabbitmqctl,
     e.g. a remote LEGA_TEST_BROKER_URL: then the workers use that URL, and whatever
     was left in the vhost is deleted)."""
     vhost = pika.URLParameters(url).virtual_host
+    topology = {**TOPOLOGY, "queue_type": queue_type}
     if not shutil.which("rabbitmqctl") or "LEGA_TEST_BROKER_URL" in os.environ:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
-        exchanges, queues, _ = broker.topology(RETRY_DELAYS, **TOPOLOGY)
+        exchanges, queues, _ = broker.topology(RETRY_DELAYS, **topology)
         for name, _ in queues:
             channel.queue_delete(name)
         for name, _ in exchanges:
             channel.exchange_delete(name)
         connection.close()
         return {}
-    definitions = broker.definitions(RETRY_DELAYS, vhost, BROKER_USER_PREFIX, **TOPOLOGY)
+    definitions = broker.definitions(RETRY_DELAYS, vhost, BROKER_USER_PREFIX, **topology)
     passwords = {"users": [{"name": user["name"], "password": BROKER_USER_PASSWORD,
                             "tags": user["tags"]} for user in definitions["users"]],
                  "permissions": [{"user": "guest", "vhost": vhost, "configure": ".*",
