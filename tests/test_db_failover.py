@@ -1,0 +1,240 @@
+"""A PostgreSQL fail-over under the workers (SPEC 12): a primary and its synchronous
+streaming standby of our own (tests/clusters.py), the workers given libpq's multi-host
+DSN (``target_session_attrs=read-write``); the primary stops as in a crash with files
+in flight, the standby is promoted, and the workers go on with it by themselves.
+
+The broker is the machine's (as the main suite's), in a vhost of this module's own
+(``lega_test_dbfail``), made and deleted here; nothing of the main suite's database or
+vhost is used. Alone: ``pytest -m cluster tests/test_db_failover.py -s`` (the measured
+times are printed).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pika
+import psycopg2
+import psycopg2.extensions
+import pytest
+import yaml
+
+from lega import admin, broker
+from lega.db import Database
+
+from clusters import PostgresPair, postgres_missing
+from conftest import (BIN, STACK_WORKERS, CentralEGA, FolderStore, Stack, assert_ready,
+                      create_worker_roles, stop_processes)
+import tlsenv
+
+pytestmark = pytest.mark.cluster
+
+VHOST = "lega_test_dbfail"
+BROKER = "amqp://guest:guest@127.0.0.1:5672"
+BROKER_URL = f"{BROKER}/{VHOST}"
+DB_NAME = "lega"
+# a few seconds without a primary must not park anything: 0.5 + 1 + 2 * 18 s of tries
+RETRY_DELAYS = [0.5, 1, 2]
+MAX_ATTEMPTS = 20
+FILES = 6
+FILE_SIZE = 8 * 1024 * 1024
+HISTORY = ["submitted", "archived", "verified", "backed up", "ready"]
+
+
+class FailoverStack(Stack):
+    """The suite's stack, on this module's vhost (Stack.send publishes to the main
+    suite's)."""
+
+    def send(self, queue, body, correlation_id=None):
+        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            channel.basic_publish("", queue, raw, pika.BasicProperties(
+                content_type="application/json", delivery_mode=2,
+                correlation_id=correlation_id or str(uuid.uuid4())), mandatory=True)
+        finally:
+            connection.close()
+
+
+def rabbitmqctl(*args, check=True):
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          check=check, timeout=60)
+
+
+def broker_missing():
+    if shutil.which("rabbitmqctl") is None:
+        return "needs rabbitmqctl, to make a vhost of its own on the machine's broker"
+    try:
+        pika.BlockingConnection(pika.URLParameters(f"{BROKER}/%2F")).close()
+    except pika.exceptions.AMQPError as e:
+        return f"no RabbitMQ at {BROKER} ({e!r})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def failover_stack(tmp_path_factory, keys):
+    """The whole pipeline (POSIX inbox, vault and backup folder) on a PostgresPair: the
+    schema made by ega-admin on the multi-host DSN, a login role per worker, and one
+    worker of each kind as subprocesses, each given that DSN."""
+    reason = postgres_missing() or broker_missing()
+    if reason:
+        pytest.skip(reason)
+    tlsenv.reap_orphans()  # what a killed run left
+    pair = PostgresPair()
+    pair.start()
+    stack = cega = None
+    rabbitmqctl("delete_vhost", VHOST, check=False)  # a killed run's
+    try:
+        rabbitmqctl("add_vhost", VHOST)
+        rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+        pair.primary.query(f"CREATE DATABASE {DB_NAME}")
+        admin_dsn = pair.dsn(dbname=DB_NAME)
+        root = tmp_path_factory.mktemp("lega-dbfail")
+        config = {
+            "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
+            "db": {"dsn": admin_dsn},
+            "keys": [{"path": str(keys["archive"].sec),
+                      "passphrase_file": str(keys["folder"] / "archive.pass")}],
+            "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
+            "log": {"level": "DEBUG"},
+            "inbox": {"location": str(root / "inbox")},
+            "vault": {"driver": "posix", "location": str(root / "vault")},
+            "backup": {"driver": "posix", "location": str(root / "backup")},
+        }
+        config_path = root / "lega.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db",
+                                  "migrate"], capture_output=True, text=True)
+        assert migrate.returncode == 0, migrate.stderr
+        create_worker_roles(admin_dsn)
+        cega = CentralEGA(BROKER_URL)
+        stack = FailoverStack(root, config_path, config, cega, keys, FolderStore(root / "inbox"),
+                              FolderStore(root / "vault"), FolderStore(root / "backup"))
+        stack.db = Database(admin_dsn, worker="tests")  # the tests' view, on both hosts too
+        stack.direct_dsn = admin_dsn
+        stack.pair = pair
+        # the guest user on our vhost: the workers declare the topology themselves
+        stack.broker_urls = {name: BROKER_URL for name in STACK_WORKERS}
+        for name in STACK_WORKERS:
+            stack.start_worker(name)
+        for name in STACK_WORKERS:
+            stack.wait_consuming(name)
+        yield stack
+    finally:
+        if stack is not None:
+            stop_processes(stack.started)
+            stack.db.close()
+        if cega is not None:
+            cega.stop.set()
+            cega.thread.join(timeout=5)
+        rabbitmqctl("delete_vhost", VHOST, check=False)
+        pair.stop()
+
+
+def reports(stack, files):
+    """Each file's report, or None where the database cannot be read right now."""
+    try:
+        return [admin.file_report(stack.db, user, filepath) for user, filepath, _, _ in files]
+    except psycopg2.Error:  # no primary yet: the connection is reopened next time
+        stack.db.close()
+        return None
+
+
+def parked(stack):
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        return connection.channel().queue_declare(broker.DEAD_LETTERS,
+                                                  passive=True).method.message_count
+    finally:
+        connection.close()
+
+
+def ready(stack, tag):
+    try:
+        with urllib.request.urlopen(f"{stack.health[tag]}/ready", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_primary_fails_over_with_files_in_flight(failover_stack):
+    """The primary stops in immediate mode while files are being ingested, verified and
+    finalized; the standby is promoted a few seconds later. Every file ends ready and
+    consistent, with no worker restarted by hand and nothing parked."""
+    stack, pair = failover_stack, failover_stack.pair
+    workers = {tag: process.pid for tag, process in stack.processes.items()}
+    started = len(stack.started)
+    files = []
+    for i in range(FILES):
+        user = stack.new_user()
+        plaintext = os.urandom(FILE_SIZE + i * 1000)
+        filepath = f"failover-{i}.c4gh"
+        files.append((user, filepath, plaintext, stack.upload(user, filepath, plaintext)))
+    for user, filepath, _, _ in files:
+        stack.trigger(user, filepath)
+    # the first files on their way, the third being ingested: the primary goes
+    stack.wait_log("ingest", f"{files[2][0]}:{files[2][1]}] found in the inbox")
+    marks = {tag: (stack.root / f"{tag}.log").stat().st_size for tag in workers}
+    before = reports(stack, files)
+    stopped = time.monotonic()
+    pair.stop_primary_immediate()
+    time.sleep(2)  # the workers fail, and retry, meanwhile
+    promoted_after = time.monotonic() - stopped
+    promotion = pair.promote()
+    promoted = time.monotonic()
+
+    deadline = promoted + 60
+    ready_at = {}  # each file not ready before the stop: when it was seen ready
+    waiting = {i for i, r in enumerate(before) if r is None or r["status"] != "ready"}
+    while len(ready_at) < len(waiting):
+        seen = reports(stack, files)
+        for i, report in enumerate(seen or []):
+            if i in waiting and report and report["status"] == "ready":
+                ready_at.setdefault(i, time.monotonic())
+            assert report is None or report["status"] != "error", (report, stack.logs())
+        assert time.monotonic() < deadline, (seen, stack.logs())
+        time.sleep(0.05)
+
+    failures = {tag: (stack.root / f"{tag}.log").read_bytes()[marks[tag]:].decode(
+                    errors="replace").count("failed (OperationalError") for tag in workers}
+    print(f"\nPostgreSQL fail-over: {len(waiting)} of {FILES} files in flight at the stop "
+          f"(statuses then: {[r and r['status'] for r in before]}); standby promoted "
+          f"{promoted_after + promotion:.2f} s after the primary's stop (pg_ctl promote: "
+          f"{promotion:.2f} s); first file ready {min(ready_at.values()) - stopped:.2f} s "
+          f"after the stop ({min(ready_at.values()) - promoted:.2f} s after the promotion), "
+          f"all ready {max(ready_at.values()) - stopped:.2f} s after the stop "
+          f"({max(ready_at.values()) - promoted:.2f} s after the promotion); steps failed on "
+          f"the database and retried: {failures}")
+    assert waiting, "every file was ready before the primary stopped: nothing in flight"
+    assert failures["ingest"] > 0, "ingest never saw the primary go: " + stack.logs()
+
+    # every file ready, with its checksums and accession ID, once in the history each
+    archive_paths, backup_paths = set(), set()
+    for user, filepath, plaintext, uploaded in files:
+        report = assert_ready(stack, user, filepath, plaintext, uploaded, timeout=60,
+                              restarted=True)
+        assert [e["status"] for e in report["history"]] == HISTORY, report["history"]
+        archive_paths.add(report["archive_path"])
+        backup_paths.add(report["backup_path"])
+    # one vault object and one backup copy a file, nothing left over (no .part)
+    assert set(stack.vault.listing()) == archive_paths
+    assert set(stack.backup.listing()) == backup_paths
+    assert stack.count_files() == FILES
+    assert parked(stack) == 0
+    # the same worker processes, all still running, none started again
+    assert len(stack.started) == started
+    for tag, pid in workers.items():
+        assert stack.processes[tag].pid == pid and stack.processes[tag].poll() is None, tag
+    # and each says it is ready, on the new primary
+    for tag in workers:
+        status, checks = ready(stack, tag)
+        assert status == 200, (tag, checks)
+    assert pair.standby.query("SELECT pg_is_in_recovery()") == [(False,)]
+
