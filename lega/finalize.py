@@ -79,8 +79,11 @@ def already_ready(ctx, file, accession_id):
         raise UserError(DUPLICATE_ACCESSION,
                         f"The file already has the accession ID {file['accession_id']}; it "
                         f"cannot also be {accession_id}.")
-    if ctx.redelivered:
-        LOG.info("redelivered after a crash: telling Central EGA again")
+    # an earlier attempt crashed after its commit, or its commit was done though the
+    # database could not say so (a fail-over): it may not have told Central EGA
+    if ctx.redelivered or ctx.attempt > 1:
+        LOG.info("an earlier attempt may have made it ready and stopped before telling "
+                 "Central EGA: telling it again")
         complete(ctx, file, accession_id, ctx.worker.db.checksums(file["id"], "decrypted"))
     else:
         LOG.info("already ready with %s: nothing to do", accession_id)

@@ -99,9 +99,12 @@ def hand_over_to_verify(ctx, file_id, user, filepath, archive_path, archived):
 
 def already_ingested(worker, ctx, file):
     """The same trigger again: nothing changes, no second copy. After a crash between
-    our commit and our hand-over (the broker redelivers), hand over again."""
-    if ctx.redelivered and file["status"] == "archived":
-        LOG.info("redelivered after a crash: handing over to verify again")
+    our commit and our hand-over (the broker redelivers), or a commit that was done
+    though the database could not say so (its primary failed over: we retried), hand
+    over again."""
+    if (ctx.redelivered or ctx.attempt > 1) and file["status"] == "archived":
+        LOG.info("an earlier attempt may have archived it and stopped before handing over: "
+                 "handing over to verify again")
         hand_over_to_verify(ctx, file["id"], file["submission_user"], file["filepath"],
                             file["archive_path"], worker.db.checksums(file["id"], "archived"))
     else:

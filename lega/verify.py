@@ -37,8 +37,11 @@ def handle(worker, ctx, message):
     ctx.about(file_id=file["id"])
     re_verify = message["re_verify"] and file["status"] in ("verified", "ready")
     if file["status"] != "archived" and not re_verify:
-        if ctx.redelivered and file["status"] == "verified":
-            LOG.info("redelivered after a crash: asking for the accession ID again")
+        # an earlier attempt crashed after its commit, or its commit was done though the
+        # database could not say so (a fail-over): it may not have asked
+        if (ctx.redelivered or ctx.attempt > 1) and file["status"] == "verified":
+            LOG.info("an earlier attempt may have verified it and stopped before asking: "
+                     "asking for the accession ID again")
             request_accession(ctx, file, worker.db.checksums(file["id"], "decrypted"))
         else:
             LOG.info("already %s: nothing to do", file["status"])

@@ -1,7 +1,9 @@
 """A PostgreSQL fail-over under the workers (SPEC 12): a primary and its synchronous
 streaming standby of our own (tests/clusters.py), the workers given libpq's multi-host
 DSN (``target_session_attrs=read-write``); the primary stops as in a crash with files
-in flight, the standby is promoted, and the workers go on with it by themselves.
+in flight, the standby is promoted, and the workers go on with it by themselves. And
+what a fail-over can do to a step in hand, made to happen every time: its commit done
+on the standby, the worker never told (a proxy cuts the connection before the answer).
 
 The broker is the machine's (as the main suite's), in a vhost of this module's own
 (``lega_test_dbfail``), made and deleted here; nothing of the main suite's database or
@@ -12,7 +14,9 @@ times are printed).
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -238,3 +242,96 @@ def test_primary_fails_over_with_files_in_flight(failover_stack):
         assert status == 200, (tag, checks)
     assert pair.standby.query("SELECT pg_is_in_recovery()") == [(False,)]
 
+
+# -- a commit whose answer is lost --------------------------------------------------------
+
+class CommitAnswerCut:
+    """A TCP proxy to PostgreSQL that, once the client has changed a file's status to
+    ``status`` and sent COMMIT, cuts the connection instead of passing on the server's
+    answer: the commit is done, and the client does not know it. It is what a worker
+    sees of a primary that fails after the commit's WAL reached the synchronous standby
+    (which becomes the primary) and before it answered. Once only."""
+
+    COMMIT_QUERY = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # psycopg2's COMMIT, a simple query
+    COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"   # the server's CommandComplete
+
+    def __init__(self, target_port, status):
+        self.target = ("127.0.0.1", target_port)
+        self.marker = f"SET status = '{status}'".encode()
+        self.state = "waiting"  # then "changed", "committing", "cut"
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pump(self, source, sink, from_client):
+        try:
+            while data := source.recv(65536):
+                with self.lock:
+                    if from_client and self.state == "waiting" and self.marker in data:
+                        self.state = "changed"
+                    if from_client and self.state == "changed" and self.COMMIT_QUERY in data:
+                        self.state = "committing"
+                    if not from_client and self.state == "committing" \
+                            and self.COMMIT_DONE in data:
+                        self.state = "cut"
+                        break  # the answer is never passed on
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def writable_node(pair):
+    for node in (pair.primary, pair.standby):
+        if node.running and node.query("SELECT pg_is_in_recovery()") == [(False,)]:
+            return node
+    raise AssertionError("no PostgreSQL node accepts writes")
+
+
+@pytest.mark.parametrize("worker,status", [("ingest", "archived"), ("verify", "verified"),
+                                           ("finalize", "ready")])
+def test_a_commit_whose_answer_is_lost_is_carried_on(failover_stack, worker, status):
+    """The step's status change is committed but the worker is not told (its primary
+    failed in between): its retry finds the file already moved on and must carry on from
+    there (hand over, ask for the accession ID, tell Central EGA), not stop at "already
+    done, nothing to do", which would leave the file stuck."""
+    stack = failover_stack
+    proxy = CommitAnswerCut(writable_node(stack.pair).port, status)
+    dsn = psycopg2.extensions.make_dsn(stack.worker_dsn(worker), host="127.0.0.1",
+                                       port=proxy.port)
+    try:
+        with stack.replaced_worker(worker, env={"LEGA_DB_DSN": dsn}):
+            user = stack.new_user()
+            plaintext = os.urandom(100_000)
+            uploaded = stack.upload(user, "lost-commit.c4gh", plaintext)
+            stack.trigger(user, "lost-commit.c4gh")
+            report = assert_ready(stack, user, "lost-commit.c4gh", plaintext, uploaded,
+                                  timeout=30, restarted=True)
+            assert proxy.state == "cut", proxy.state
+            assert "OperationalError" in (stack.root / f"{worker}-other.log").read_text()
+            assert [e["status"] for e in report["history"]] == HISTORY, report["history"]
+            assert parked(stack) == 0
+    finally:
+        proxy.close()
