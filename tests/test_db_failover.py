@@ -32,8 +32,8 @@ from lega import admin, broker
 from lega.db import Database
 
 from clusters import PostgresPair, postgres_missing
-from conftest import (BIN, STACK_WORKERS, CentralEGA, FolderStore, Stack, assert_ready,
-                      create_worker_roles, stop_processes)
+from conftest import (BIN, QUEUE_TYPE, STACK_WORKERS, CentralEGA, FolderStore, Stack,
+                      assert_ready, create_worker_roles, stop_processes)
 import tlsenv
 
 pytestmark = pytest.mark.cluster
@@ -102,7 +102,7 @@ def failover_stack(tmp_path_factory, keys):
         admin_dsn = pair.dsn(dbname=DB_NAME)
         root = tmp_path_factory.mktemp("lega-dbfail")
         config = {
-            "broker": {"url": BROKER_URL, "reconnect_delay": 0.2},
+            "broker": {"url": BROKER_URL, "reconnect_delay": 0.2, "queue_type": QUEUE_TYPE},
             "db": {"dsn": admin_dsn},
             "keys": [{"path": str(keys["archive"].sec),
                       "passphrase_file": str(keys["folder"] / "archive.pass")}],
