@@ -8,6 +8,9 @@
     ega-admin keys list             the archive's registered keys, by key hash
     ega-admin keys deprecate HASH   no new file may be encrypted for that key
     ega-admin keys backfill         record the key of every file that has none recorded
+    ega-admin keys rotate --to PUBLIC_KEY_FILE (--file USER FILEPATH | --dataset ID | --all)
+                                    move files' headers to another archive key (verify does)
+    ega-admin keys rotation-status  files on each key, and rotation requests by outcome
     ega-admin files [--status S] [--user U]   the latest files, of a status or user
     ega-admin errors                the files whose ingestion ended in error
     ega-admin cancel USER FILEPATH  cancel a file (as Central EGA would)
@@ -31,6 +34,7 @@ import os
 import sys
 
 import psycopg2.extensions
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from . import config as lega_config, datasets_db
 from .db import Database, wait_until_reachable
@@ -338,6 +342,20 @@ def keys_command(args, config, db):
         print(f"deprecated {args.key_hash}: verify refuses new files encrypted for it"
               if changed else f"{args.key_hash} is deprecated already")
         return 0
+    if args.keys_command == "rotate":
+        return rotate_keys(args, config, db)
+    if args.keys_command == "rotation-status":
+        status = keys_db.rotation_status(db)
+        if args.json:
+            print(json.dumps(status))
+        else:
+            print("files on each key:")
+            print(table([{"key_hash": r["key_hash"] or "(not recorded)",
+                          "key_status": r["key_status"] or "-", "files": r["files"]}
+                         for r in status["keys"]], "no files"))
+            print("rotation requests:")
+            print(table(status["rotations"], "none"))
+        return 0
     keys = c4gh.load_private_keys(config["keys"])  # retired ones too: they opened old files
     done = unknown = 0
     for file_id in keys_db.files_without_key(db):
@@ -353,6 +371,57 @@ def keys_command(args, config, db):
     print(f"recorded the key of {done} files" + (f"; {unknown} opened by none of the "
                                                  "configured keys" if unknown else ""))
     return 1 if unknown else 0
+
+
+def rotate_keys(args, config, db):
+    """``keys rotate``: a rotation request per file (the target in the database), and
+    one ``key_rotation`` message each to verify, on ``rotatekey`` (SPEC 11)."""
+    import getpass
+    import socket
+
+    from crypt4gh.keys import get_public_key
+
+    from . import broker, keys_db, messages
+
+    try:
+        target = keys_db.key_hash(X25519PublicKey.from_public_bytes(get_public_key(args.to)))
+    except (OSError, ValueError) as e:
+        print(f"{args.to}: not a Crypt4GH public key ({e})", file=sys.stderr)
+        return 2
+    registered = {k["key_hash"]: k["status"] for k in keys_db.listed(db)}
+    if registered.get(target) != "active":
+        why = ("is not registered: add its private key to verify's keys, and restart verify"
+               if target not in registered else f"is {registered[target]}")
+        print(f"the key {target} {why}; nothing was asked", file=sys.stderr)
+        return 1
+    file_id = None
+    if args.file:
+        file = db.latest_file(*args.file)
+        if file is None:
+            print(f"no file {args.file[1]!r} for user {args.file[0]!r}", file=sys.stderr)
+            return 1
+        file_id = str(file["id"])
+    if args.dataset and datasets_db.dataset(db, args.dataset) is None:
+        print(f"no dataset {args.dataset} on this node", file=sys.stderr)
+        return 1
+    wanted, on_target = keys_db.rotation_candidates(db, target, file_id, args.dataset)
+    if not wanted:
+        print(f"nothing to rotate: {on_target} files already on key {target}")
+        return 0
+    keys_db.request_rotations(db, wanted, target,
+                              f"ega-admin {getpass.getuser()}@{socket.gethostname()}")
+    connection, channel = admin_channel(config)
+    try:
+        for one in wanted:
+            body = messages.check_outgoing(messages.KEY_ROTATION,
+                                           {"type": "key_rotation", "file_id": str(one)})
+            broker.publish(channel, "", broker.ROTATEKEY_QUEUE, body, str(one))
+    finally:
+        connection.close()
+    print(f"asked verify to move {len(wanted)} files to key {target}"
+          + (f" ({on_target} on it already)" if on_target else "")
+          + "; ega-admin keys rotation-status shows the progress")
+    return 0
 
 
 def login_role(db, given):
@@ -451,6 +520,17 @@ def main(argv=None):
     keys_sub.add_parser("backfill", help="record which key each file is encrypted for, where "
                                          "it is not recorded yet (files from before the "
                                          "registry); needs the private keys")
+    rotate = keys_sub.add_parser("rotate", help="move files' headers to another archive key "
+                                                "(verify re-encrypts them; bodies untouched)")
+    rotate.add_argument("--to", required=True, metavar="PUBLIC_KEY_FILE",
+                        help="the target key (registered by verify, not deprecated)")
+    rotated = rotate.add_mutually_exclusive_group(required=True)
+    rotated.add_argument("--all", action="store_true", help="every file not in error")
+    rotated.add_argument("--dataset", metavar="DATASET_ID", help="the files of a dataset")
+    rotated.add_argument("--file", nargs=2, metavar=("USER", "FILEPATH"), help="one file")
+    status = keys_sub.add_parser("rotation-status", help="files on each key, and rotation "
+                                                         "requests by outcome")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
 
     dead = sub.add_parser("dead-letters", help="messages parked after too many failures")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)

@@ -43,9 +43,10 @@ DEAD_LETTERS = "lega.dead_letters"
 CEGA_QUEUE = "from_cega"           # the federated queue (broker.cega_queue renames it)
 DATASETS_QUEUE = "datasets"
 METADATA_QUEUE = "metadata"        # for the node's data-distribution service
+ROTATEKEY_QUEUE = "rotatekey"      # key rotations (SPEC 11), consumed by verify
 ROUTED_QUEUES = (FILES_QUEUE, ACCESSION_QUEUE, DATASETS_QUEUE)  # keys: their names
 OWN_QUEUES = (FILES_QUEUE, ARCHIVED_QUEUE, ACCESSION_QUEUE, TO_CEGA_QUEUE, DEAD_LETTERS,
-              DATASETS_QUEUE, METADATA_QUEUE)
+              DATASETS_QUEUE, METADATA_QUEUE, ROTATEKEY_QUEUE)
 
 # what a broken connection looks like to pika's blocking adapter
 # (pika's own: an OSError from a step, such as a full disk, is not a broker problem)
@@ -63,7 +64,8 @@ def metadata_key(message_type):
 # Each worker's share of the topology: the queue it consumes and the (topic) exchanges
 # it publishes to, with the routing keys it uses. Besides these it publishes to its own
 # retry exchanges and to lega.dead_letters, and nothing else: that is all its broker
-# user may do (permissions and topic permissions).
+# user may do (permissions and topic permissions). A consumer of a second queue in the
+# same program (verify's of rotatekey) is a worker here too, with the program's user.
 def workers(cega_queue=CEGA_QUEUE):
     return {
         "ingest": (FILES_QUEUE, {LEGA_EXCHANGE: ["archived"],
@@ -71,6 +73,7 @@ def workers(cega_queue=CEGA_QUEUE):
         "verify": (ARCHIVED_QUEUE, {CEGA_EXCHANGE: ["files.verified", "files.error"]}),
         "finalize": (ACCESSION_QUEUE, {CEGA_EXCHANGE: ["files.completed", "files.error"]}),
         "datasets": (DATASETS_QUEUE, {CEGA_EXCHANGE: ["files.error"]}),
+        "rotatekey": (ROTATEKEY_QUEUE, {}),
         "dispatch": (cega_queue, {LEGA_EXCHANGE: [*ROUTED_QUEUES, *map(metadata_key,
                                                                        METADATA_TYPES)],
                                   CEGA_EXCHANGE: ["files.error"]}),
@@ -78,6 +81,8 @@ def workers(cega_queue=CEGA_QUEUE):
 
 
 WORKERS = workers()
+SAME_USER = {"rotatekey": "verify"}  # consumers of a program's second queue: its user
+USERS = [w for w in WORKERS if w not in SAME_USER]  # a broker user each
 
 
 class TopologyMissing(Exception):
@@ -343,18 +348,23 @@ def _queues_shown(management, names, timeout=5):
 
 
 def user_name(worker, prefix="lega-"):
-    return f"{prefix}{worker}"
+    return f"{prefix}{SAME_USER.get(worker, worker)}"
 
 
 def permissions(worker, vhost="/", prefix="lega-", cega_queue=CEGA_QUEUE):
-    """The broker permissions of a worker's own user: read its queue, write to the
+    """The broker permissions of a worker's own user: read its queues, write to the
     exchanges it publishes to, its retry exchanges and lega.dead_letters; declare or
     delete nothing."""
-    queue, publishes = workers(cega_queue)[worker]
-    written = [re.escape(x) for x in [*publishes, DEAD_LETTERS]]
-    written.append(re.escape(f"lega.retry.{queue}.") + r"[0-9]+ms")
+    shares = workers(cega_queue)
+    consumers = [worker, *(w for w, user in SAME_USER.items() if user == worker)]
+    queues = [shares[w][0] for w in consumers]
+    written = [re.escape(x) for w in consumers for x in shares[w][1]]
+    written.append(re.escape(DEAD_LETTERS))
+    written += [re.escape(f"lega.retry.{queue}.") + r"[0-9]+ms" for queue in queues]
+    read = "|".join(re.escape(q) for q in queues)
     return {"user": user_name(worker, prefix), "vhost": vhost, "configure": "^$",
-            "write": f"^({'|'.join(written)})$", "read": f"^{re.escape(queue)}$"}
+            "write": f"^({'|'.join(dict.fromkeys(written))})$",
+            "read": f"^({read})$" if len(queues) > 1 else f"^{read}$"}
 
 
 def topic_permissions(worker, vhost="/", prefix="lega-", cega_queue=CEGA_QUEUE):
@@ -383,10 +393,10 @@ def definitions(retry_delays, vhost="/", user_prefix="lega-", cega_queue=CEGA_QU
         "users": [{"name": user_name(worker, user_prefix), "password_hash": "",
                    "hashing_algorithm": "rabbit_password_hashing_sha256",
                    "tags": WORKER_USER_TAGS}
-                  for worker in WORKERS],
+                  for worker in USERS],
         "permissions": [permissions(worker, vhost, user_prefix, cega_queue)
-                        for worker in WORKERS],
-        "topic_permissions": [p for worker in WORKERS
+                        for worker in USERS],
+        "topic_permissions": [p for worker in USERS
                               for p in topic_permissions(worker, vhost, user_prefix, cega_queue)],
         "exchanges": [{"name": name, "vhost": vhost, "type": kind, "durable": True,
                        "auto_delete": False, "internal": False, "arguments": {}}

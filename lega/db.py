@@ -220,7 +220,7 @@ class Database:
             cur.execute("UPDATE files SET backup_path = %s, updated_at = now() WHERE id = %s",
                         (backup_path, file_id))
             cur.execute("SELECT status FROM files WHERE id = %s", (file_id,))
-            self._event(cur, file_id, cur.fetchone()["status"], ctx, reason=reason)
+            self.event(cur, file_id, cur.fetchone()["status"], ctx, reason=reason)
 
     def checksums(self, file_id, source):
         rows = self.read("SELECT type, value FROM checksums WHERE file_id = %s AND source = %s",
@@ -232,7 +232,7 @@ class Database:
 
     # -- changing -----------------------------------------------------------------
 
-    def _event(self, cur, file_id, status, ctx, code=None, reason=None):
+    def event(self, cur, file_id, status, ctx, code=None, reason=None):
         cur.execute("""INSERT INTO file_events
                            (file_id, status, worker, correlation_id, message,
                             error_code, error_reason)
@@ -246,7 +246,7 @@ class Database:
                     (status, *args, file_id, list(expected)))
         if cur.rowcount != 1:
             return False
-        self._event(cur, file_id, status, ctx, code, reason)
+        self.event(cur, file_id, status, ctx, code, reason)
         return True
 
     def _store_checksums(self, cur, file_id, source, values):
@@ -270,7 +270,7 @@ class Database:
                         (file_id, user, filepath))
             row = cur.fetchone()
             if row is not None:
-                self._event(cur, file_id, "submitted", ctx)
+                self.event(cur, file_id, "submitted", ctx)
                 return row, True
             cur.execute(sql.SQL("""SELECT {} FROM files
                                    WHERE submission_user = %s AND filepath = %s
@@ -341,13 +341,13 @@ class Database:
                             WHERE id = %s AND status = 'verified'""", (backup_path, file_id))
             if cur.rowcount != 1:
                 return False
-            self._event(cur, file_id, BACKED_UP, ctx, reason=f"backup copy {backup_path}")
+            self.event(cur, file_id, BACKED_UP, ctx, reason=f"backup copy {backup_path}")
             return True
 
     def note(self, file_id, ctx, status, code=None, reason=None):
         """A history line without a status change (e.g. a re-verification)."""
         with self.transaction() as cur:
-            self._event(cur, file_id, status, ctx, code, reason)
+            self.event(cur, file_id, status, ctx, code, reason)
 
 
 def wait_until_reachable(db, timeout):

@@ -42,6 +42,9 @@ DISPATCHED = prometheus_client.Counter(
 DATASET_CHANGES = prometheus_client.Counter(
     "lega_dataset_changes", "Changes made to datasets: files added or removed, datasets "
     "registered, released or deprecated", ["change"])
+ROTATIONS = prometheus_client.Counter(
+    "lega_key_rotations", "Key rotation requests ended, by outcome (rotated, unchanged, "
+    "failed)", ["outcome"])
 HEARTBEAT = prometheus_client.Gauge(
     "lega_cega_heartbeat_timestamp_seconds",
     "When the last heartbeat from Central EGA arrived (Unix time; 0: none since start)")
@@ -51,9 +54,10 @@ def readiness(worker):
     """{what: "ok" or why not}, for the broker, the database, the vault and the backup
     storage (those of them the worker uses)."""
     checks = {}
-    connection = worker.connection
-    checks["broker"] = "ok" if connection is not None and connection.is_open else \
-        "not connected (waiting for the broker)"
+    away = [one.queue for one in (worker, *worker.others)
+            if one.connection is None or not one.connection.is_open]
+    checks["broker"] = "ok" if not away else \
+        f"not connected (waiting for the broker) for {', '.join(away)}"
     if worker.db is not None:
         try:
             conn = psycopg2.connect(worker.config["db.dsn"], connect_timeout=3)
@@ -90,7 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the http.server name)
         path = self.path.split("?", 1)[0]
         if path == "/health":
-            idle = time.monotonic() - self.worker.last_tick
+            idle = time.monotonic() - min(one.last_tick for one in (self.worker,
+                                                                 *self.worker.others))
             alive = idle < ALIVE_WITHIN
             self._send(200 if alive else 503, {"status": "alive" if alive else "stuck",
                                                "worker": self.worker.ident,

@@ -26,6 +26,7 @@ COMPLETION = "ingestion-completion"
 ERROR = "error"
 FEDERATED = "federated"  # any message on from_cega: validated by the schema of its type
 DATASETS = "datasets"    # a message on the datasets queue: mapping, release or deprecate
+KEY_ROTATION = "key-rotation"  # ega-admin to verify, on rotatekey (SPEC 11)
 
 # SPEC 8: the schema of each type Central EGA sends through the federated queue
 DATASET_TYPES = {"mapping": "dataset-mapping", "release": "dataset-release",

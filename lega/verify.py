@@ -12,7 +12,7 @@ asked for an accession ID on ``files.verified``, with the checksums of the origi
 import contextlib
 import logging
 
-from . import backup, broker, keys_db, messages
+from . import backup, broker, keys_db, messages, rotation
 from .c4gh import (CIPHER_SEGMENT_SIZE, BodyDecryptor, load_private_keys, opening_key,
                    session_keys)
 from .checksums import Checksummer
@@ -199,5 +199,7 @@ def register_keys(worker):
 
 
 def main(argv=None):
+    """Verification on ``archived``; key rotation (lega.rotation) on ``rotatekey``, with
+    the same keys, on a connection of its own."""
     return worker_main("verify", broker.ARCHIVED_QUEUE, messages.VERIFICATION, handle, argv,
-                       prepare=prepare, started=register_keys)
+                       prepare=prepare, started=register_keys, also=[rotation.consumer()])

@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
 import pika.exceptions
@@ -76,6 +77,7 @@ class Worker:
         self.channel = None
         self._delivery = None
         self._compared = False  # the queues with what the configuration declares
+        self.others = []  # the program's consumers of other queues (see Consumer)
         self.last_tick = time.monotonic()
 
     # -- the connection's thread ----------------------------------------------------
@@ -442,13 +444,20 @@ def wait_until_usable(what, check, config, should_stop):
             delay = min(delay * 2, config["broker.reconnect_max_delay"])
 
 
+class Consumer(namedtuple("Consumer", "name queue kind handle")):
+    """A second queue a worker program consumes (verify's ``rotatekey``): on a
+    connection and a step thread of its own, so that neither queue waits behind the
+    other's long steps, with what ``prepare`` set up for the first (verify's keys)."""
+
+
 def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, database=True,
-         park_bad_messages=False, started=None):
+         park_bad_messages=False, started=None, also=()):
     """Command-line entry of a worker: ``ega-<name> [--conf PATH]``. ``queue`` is a
     queue's name, or a setting naming it (``broker.cega_queue``); a worker without
     ``vault`` or ``database`` neither opens nor waits for them. ``prepare(worker)`` runs
     before anything is served, ``started(worker)`` once /health and /ready are, and the
-    storage is usable (before the first message)."""
+    storage is usable (before the first message). ``also``: :class:`Consumer` s of other
+    queues, in the same program."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"ega-{name}", description=f"LocalEGA {name} worker")
@@ -465,8 +474,14 @@ def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, databas
         worker = Worker(name, queue, kind, handle, config, vault=store, stopping=stopping,
                         database=database, park_bad_messages=park_bad_messages,
                         backup=backup)
+        worker.others = [Worker(other.name, other.queue, other.kind, other.handle, config,
+                                vault=store, stopping=stopping, database=database,
+                                backup=backup) for other in also]
         if prepare is not None:
             prepare(worker)
+        for other in worker.others:  # what prepare set up (verify's keys) is theirs too
+            for key, value in vars(worker).items():
+                vars(other).setdefault(key, value)
         if config["worker.health_port"]:
             health.serve(worker, config["worker.health_address"], config["worker.health_port"])
         if store is not None:
@@ -483,6 +498,12 @@ def main(name, queue, kind, handle, argv=None, prepare=None, vault=True, databas
         return 2
     LOG.info("starting %s with %s (broker %s)", worker.ident, config.source,
              lega_config.redact(config["broker.url"]))
+    threads = [threading.Thread(target=other.run, name=f"{other.name}-connection")
+               for other in worker.others]
+    for thread in threads:
+        thread.start()
     worker.run()
+    for thread in threads:
+        thread.join()
     return 0
 

@@ -292,9 +292,10 @@ class Stack:
         self.started = []  # every worker process started, to stop them all at the end
 
     # the worker programs
-    def start_worker(self, name, tag=None, env=None):
+    def start_worker(self, name, tag=None, env=None, conf=None):
         """Start a worker program, as its own database role (least privilege); its
-        /health, /ready and /metrics on a port of its own (``self.health[tag]``)."""
+        /health, /ready and /metrics on a port of its own (``self.health[tag]``); on
+        the stack's configuration file, or ``conf``."""
         tag = tag or name
         log = open(self.root / f"{tag}.log", "ab")
         self.log_marks[tag] = log.tell()  # this start's lines come after
@@ -305,19 +306,19 @@ class Stack:
                "LEGA_DB_DSN": self.worker_dsn(name),
                "LEGA_BROKER_URL": self.broker_urls.get(name, BROKER_URL), **(env or {})}
         self.processes[tag] = subprocess.Popen([str(BIN / f"ega-{name}"), "--conf",
-                                                str(self.config_path)],
+                                                str(conf or self.config_path)],
                                                stdout=log, stderr=subprocess.STDOUT, env=env)
         self.started.append(self.processes[tag])  # every one is stopped at the end
         return self.processes[tag]
 
     @contextlib.contextmanager
-    def replaced_worker(self, name, env):
-        """The worker stopped, one of its kind with these settings in its place (tag
-        ``<name>-other``), and the usual one back afterwards."""
+    def replaced_worker(self, name, env=None, conf=None):
+        """The worker stopped, one of its kind with these settings (or this configuration
+        file) in its place (tag ``<name>-other``), and the usual one back afterwards."""
         usual = self.processes[name]
         usual.terminate()
         assert usual.wait(timeout=20) == 0
-        other = self.start_worker(name, tag=f"{name}-other", env=env)
+        other = self.start_worker(name, tag=f"{name}-other", env=env, conf=conf)
         try:
             self.wait_consuming(f"{name}-other")
             yield other

@@ -31,7 +31,14 @@ def as_worker(stack, name, statement, args=()):
     ("finalize", "UPDATE files SET header = NULL WHERE id = %s"),
     ("finalize", "INSERT INTO checksums VALUES (%s, 'decrypted', 'md5', 'x')"),
     ("verify", "UPDATE files SET accession_id = 'EGAF00000000001' WHERE id = %s"),
-    ("verify", "UPDATE files SET header = NULL WHERE id = %s"),
+    # verify rewrites a header (key rotation) but keeps every one it replaced
+    ("verify", "UPDATE files SET archive_path = NULL WHERE id = %s"),
+    ("verify", "DELETE FROM file_headers WHERE file_id = %s"),
+    ("verify", "UPDATE file_headers SET header = NULL WHERE file_id = %s"),
+    ("verify", "INSERT INTO key_rotations (file_id, target_key_hash, requested_by) "
+               "SELECT %s, key_hash, 'verify' FROM archive_keys"),
+    ("ingest", "SELECT * FROM key_rotations WHERE file_id = %s"),
+    ("finalize", "SELECT header FROM file_headers WHERE file_id = %s"),
     ("verify", "DELETE FROM files WHERE id = %s"),
     ("ingest", "DELETE FROM file_events WHERE file_id = %s"),
     ("finalize", "UPDATE file_events SET status = 'ready' WHERE file_id = %s"),
@@ -162,10 +169,11 @@ def test_a_worker_without_its_topology_says_what_is_missing(stack):
     process = stack.start_worker("verify", tag="verify-delays",
                                  env={"LEGA_RETRY_DELAYS": "[0.2, 3.5]"})
     try:
-        stack.wait_log("verify-delays", "may not declare them")
+        for queue in ("archived", "rotatekey"):  # each of verify's two queues says so
+            stack.wait_log("verify-delays", f"the broker has no exchange lega.retry.{queue}."
+                                            "3500ms, and broker user lega_test_verify may not "
+                                            "declare them")
         log = (stack.root / "verify-delays.log").read_text()
-        assert "the broker has no exchange lega.retry.archived.3500ms, and broker user " \
-               "lega_test_verify may not declare them" in log
         assert "lega.retry.archived.200ms" not in log.split("may not declare")[0]
         assert "consuming from" not in log and process.poll() is None
     finally:
