@@ -265,6 +265,56 @@ def dataset_mapping(work, keys, count):
         shutil.rmtree(stack.work, ignore_errors=True)
 
 
+def rotation(work, keys, count, big_mib):
+    """Key rotation (SPEC 11): ``ega-admin keys rotate --all`` over ``count`` small files
+    (command started -> every request ended), then one file of ``big_mib`` MiB and one
+    small file alone, back to the first key: the time must not depend on the size."""
+    stack = BenchStack(work / "rotation", keys, archive_keys=("archive", "next"))
+    try:
+        users = [f"rot-{i}" for i in range(count)]
+        for user in users:
+            path = stack.inbox_dir / user / "small.c4gh"
+            path.parent.mkdir(parents=True)
+            path.write_bytes(conftest.encrypt(os.urandom(1024), keys))
+        upload_file(stack, keys, big_mib)
+        stack.trigger(("bench", "file.c4gh"), *[(user, "small.c4gh") for user in users])
+        stack.wait(["bench", *users], "ready")
+        admin = [str(conftest.BIN / "ega-admin"), "--conf", str(stack.config_path), "keys",
+                 "rotate", "--to"]
+
+        def rotate(key, *scope):
+            start = time.monotonic()
+            subprocess.run([*admin, str(keys[key].pub), *scope], check=True,
+                           capture_output=True)
+            sent = time.monotonic() - start
+            while True:
+                with stack.db.transaction() as cur:
+                    cur.execute("SELECT count(*) AS n FROM key_rotations "
+                                "WHERE status = 'requested'")
+                    if cur.fetchone()["n"] == 0:
+                        break
+                time.sleep(0.01)
+            with stack.db.transaction() as cur:
+                cur.execute("SELECT status, count(*) AS n FROM key_rotations "
+                            "WHERE status <> 'superseded' GROUP BY status")
+                outcome = {row["status"]: row["n"] for row in cur.fetchall()}
+            return time.monotonic() - start, sent, outcome
+
+        all_s, sent_s, outcome = rotate("next", "--all")
+        if outcome != {"rotated": count + 1}:
+            raise RuntimeError(f"not every file rotated: {outcome}")
+        big_s = [rotate(k, "--file", "bench", "file.c4gh")[0] for k in ("archive", "next",
+                                                                        "archive")]
+        small_s = [rotate(k, "--file", users[0], "small.c4gh")[0] for k in ("archive", "next",
+                                                                           "archive")]
+        return {"files": count + 1, "all_s": all_s, "sent_s": sent_s,
+                "files_per_s": (count + 1) / all_s, "big_mib": big_mib,
+                "big_s": statistics.median(big_s), "small_s": statistics.median(small_s)}
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.work, ignore_errors=True)
+
+
 def mbps(size, seconds):
     return size / seconds / 1e6
 
@@ -332,6 +382,12 @@ def report(r, args):
                  f"SELECT of {d['files']} rows, {d['insert_select_s']:.3f} s); the same "
                  f"mapping again {d['repeat_s']:.3f} s, without a tenth of the files "
                  f"{d['shrink_s']:.3f} s")
+    k = r["rotation"]
+    lines.append(f"key rotation: ega-admin keys rotate --all over {k['files']} files "
+                 f"{k['all_s']:.2f} s ({k['files_per_s']:.0f} files/s; the command itself, "
+                 f"requests recorded and messages sent, {k['sent_s']:.2f} s); one file of "
+                 f"{k['big_mib']} MiB alone {k['big_s']:.3f} s, one of 1 KiB {k['small_s']:.3f}"
+                 " s (medians of 3, each command to done)")
     return "\n".join(lines)
 
 
@@ -342,6 +398,8 @@ def main():
     parser.add_argument("--small-count", type=int, default=1000)
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--dataset-files", type=int, default=10_000)
+    parser.add_argument("--rotation-files", type=int, default=999,
+                        help="small files rotated with --all (with the big one: 1,000)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lega-bench-", dir=ROOT / "bench") as tmp:
         work = Path(tmp)
@@ -355,6 +413,7 @@ def main():
         results["two_ingests"] = two_ingests(work, keys, args.size_mib)
         results["backup"] = backup_cost(work, keys, args.size_mib)
         results["datasets"] = dataset_mapping(work, keys, args.dataset_files)
+        results["rotation"] = rotation(work, keys, args.rotation_files, args.size_mib)
     table = report(results, args)
     print(table)
     out = ROOT / "bench" / "results"

@@ -42,6 +42,7 @@ def encrypt_file(plain_path, c4gh_path, keys):
 def make_keys(folder):
     folder.mkdir(parents=True, exist_ok=True)
     return {"archive": conftest.KeyPair(folder, "archive", "bench"),
+            "next": conftest.KeyPair(folder, "next", "bench next"),  # a rotation's target
             "submitter": conftest.KeyPair(folder, "submitter", ""), "folder": folder}
 
 
@@ -50,7 +51,7 @@ class BenchStack:
     each kind, and Central EGA answering accession requests."""
 
     def __init__(self, work, keys, workers=1, vault=None, inbox=None, backup=None,
-                 queue_type=conftest.QUEUE_TYPE):
+                 queue_type=conftest.QUEUE_TYPE, archive_keys=("archive",)):
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.keys = keys
@@ -61,8 +62,8 @@ class BenchStack:
         config = {
             "broker": {"url": conftest.BROKER_URL, "queue_type": queue_type},
             "db": {"dsn": self.dsn},
-            "keys": [{"path": str(keys["archive"].sec),
-                      "passphrase": keys["archive"].passphrase}],
+            "keys": [{"path": str(keys[name].sec), "passphrase": keys[name].passphrase}
+                     for name in archive_keys],
             "retry": {"delays": [1], "max_attempts": 3},
             "inbox": inbox or {"location": str(self.inbox_dir)},
             "vault": vault or {"driver": "posix", "location": str(self.vault_dir)},
