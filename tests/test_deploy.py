@@ -7,7 +7,9 @@ archive's key; dispatch gets the broker and nothing else, datasets the broker an
 database and nothing else; ingest, verify and finalize (and ega-admin) have a backup
 storage apart from the vault, with keys of its own; the fixity job runs ``ega-admin
 fixity --all`` with what it needs and no more; the examples of the link to Central EGA
-are what python -m lega.cega_link writes.
+are what python -m lega.cega_link writes; the three-node variants (docker-compose.ha.yml,
+k8s/ha.yaml) make one broker cluster of three nodes and a synchronously replicated
+database, and give the workers every node.
 
 (That the definitions file equals what the workers declare is in test_programs.py.)
 """
@@ -21,6 +23,8 @@ import subprocess
 from importlib import import_module
 from pathlib import Path
 
+import pika
+import psycopg2.extensions
 import pytest
 import yaml
 
@@ -1086,7 +1090,7 @@ def test_cega_link_example_feeds_what_dispatch_reads(tmp_path):
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
                     reason="not a git checkout")
 def test_compose_secret_files_are_ignored_by_git():
-    for secret in compose()["secrets"].values():
+    for secret in [*compose()["secrets"].values(), *compose_ha()["secrets"].values()]:
         target = (DEPLOY / secret["file"]).resolve().relative_to(ROOT)
         ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=ROOT,
                                  env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
@@ -1168,3 +1172,303 @@ def test_make_compose_test_runs_the_compose_test_script():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^compose-test:\n\t@\$\(PYTHON\) scripts/compose_test.py$", makefile, re.M)
     assert (ROOT / "tests" / "test_compose.py").exists()
+
+
+# -- more than one machine (SPEC 12): docker-compose.ha.yml, k8s/ha.yaml -----------------
+
+COMPOSE_HA_FILE = DEPLOY / "docker-compose.ha.yml"
+CLUSTER_CONF = DEPLOY / "rabbitmq-cluster.conf"
+K8S_HA_FILE = K8S / "ha.yaml"
+MQ_NODES = ("mq1", "mq2", "mq3")
+DB_NODES = ("db1", "db2")
+# what the three-node stack adds to the single node's secrets, and who alone reads them
+CLUSTER_SECRETS = {"erlang_cookie": set(MQ_NODES), "db_replication_password": set(DB_NODES)}
+
+
+def compose_ha():
+    return yaml.safe_load(COMPOSE_HA_FILE.read_text())
+
+
+def ha_services():
+    return compose_ha()["services"]
+
+
+def conf_settings(path):
+    """``key = value`` lines of a rabbitmq.conf-style file (comments left out)."""
+    return dict(re.findall(r"^\s*([\w.]+)\s*=\s*(.*?)\s*$", path.read_text(), re.M))
+
+
+def interpolated_default(value):
+    """The value compose gives ``${VARIABLE-default}`` (or ``:-``) when VARIABLE is unset."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
+def postgres_options(command):
+    """{name: value} of a postgres command line's ``-c name=value``."""
+    assert command[0] == "postgres", command
+    return dict(interpolated_default(value).split("=", 1)
+                for flag, value in zip(command, command[1:], strict=False) if flag == "-c")
+
+
+def test_compose_ha_runs_the_single_node_stacks_lega_services_unchanged():
+    """The lega services of the three-node stack are those of docker-compose.yml (their
+    least privilege and settings are checked there), but for what they wait for: every
+    broker node where they waited for mq, both database servers where they waited for
+    db. So the two files cannot drift apart."""
+    single, ha = compose(), compose_ha()
+    assert ha["name"] != single["name"], "its own project, with volumes of its own"
+    lega = {name for name, s in ha["services"].items() if "lega" in s.get("image", "")}
+    assert lega == set(lega_services())
+    for name in lega:
+        mine, theirs = dict(ha["services"][name]), dict(single["services"][name])
+        depends_mine, depends_theirs = mine.pop("depends_on", {}), theirs.pop("depends_on", {})
+        assert mine == theirs, f"{name} differs from docker-compose.yml's"
+        expected = {}
+        for dependency, condition in depends_theirs.items():
+            for replaced in {"mq": MQ_NODES, "db": DB_NODES}.get(dependency, (dependency,)):
+                expected[replaced] = condition
+        assert depends_mine == expected, name
+    others = set(ha["services"]) - lega
+    assert others == {*MQ_NODES, *DB_NODES, "s3", "backup-s3"}
+    for name in ("s3", "backup-s3"):
+        assert ha["services"][name] == single["services"][name], name
+    for name in MQ_NODES:
+        assert ha["services"][name]["image"] == single["services"]["mq"]["image"]
+    for name in DB_NODES:
+        assert ha["services"][name]["image"] == single["services"]["db"]["image"]
+    # the single node's secrets, and the cluster's
+    assert set(ha["secrets"]) == set(single["secrets"]) | set(CLUSTER_SECRETS)
+    for name, secret in ha["secrets"].items():
+        assert secret == single["secrets"].get(name, {"file": f"./secrets/{name}"}), name
+    assert set(ha["volumes"]) == (set(single["volumes"]) - {"mq", "db"}) | {*MQ_NODES, *DB_NODES}
+    for name, service in ha["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_ha_three_rabbitmq_nodes_form_one_cluster():
+    services = ha_services()
+    nodes = {f"rabbit@{services[name]['hostname']}" for name in MQ_NODES}
+    assert [services[name]["hostname"] for name in MQ_NODES] == list(MQ_NODES)
+    # classic_config peer discovery, naming exactly the three nodes
+    settings = conf_settings(CLUSTER_CONF)
+    assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = {k: v for k, v in settings.items()
+              if k.startswith("cluster_formation.classic_config.nodes.")}
+    assert sorted(k.rsplit(".", 1)[1] for k in listed) == ["1", "2", "3"]
+    assert set(listed.values()) == nodes and len(listed) == len(nodes)
+    # the definitions' queues declared only once the cluster has its three members
+    assert int(settings["cluster_formation.target_cluster_size_hint"]) == len(MQ_NODES)
+    single = conf_settings(DEPLOY / "rabbitmq.conf")
+    definitions_folder = single["load_definitions"].rstrip("/")
+    data_volumes, host_ports = set(), set()
+    for name in MQ_NODES:
+        service = services[name]
+        mounts = dict(v.split(":")[:2] for v in service["volumes"])
+        assert mounts["./rabbitmq.conf"].startswith("/etc/rabbitmq/conf.d/")
+        assert mounts["./rabbitmq-cluster.conf"].startswith("/etc/rabbitmq/conf.d/")
+        assert mounts["./rabbitmq-definitions.json"].startswith(definitions_folder + "/")
+        users = [s["target"] for s in service["secrets"] if isinstance(s, dict)
+                 and s["source"] == "rabbitmq_users"]
+        assert users and users[0].startswith(definitions_folder + "/"), name
+        (volume,) = [source for source, target in mounts.items() if target == "/var/lib/rabbitmq"]
+        assert volume in compose_ha()["volumes"], name
+        data_volumes.add(volume)
+        # one Erlang cookie, from the same secret, installed where the node reads it,
+        # for its user alone (Erlang refuses a cookie others can read)
+        assert "erlang_cookie" in mounted_sources(service), name
+        entrypoint = " ".join(service["entrypoint"])
+        assert re.search(r"install -m 600 -o rabbitmq -g rabbitmq /run/secrets/erlang_cookie "
+                         r"/var/lib/rabbitmq/\.erlang\.cookie && exec docker-entrypoint\.sh "
+                         r"rabbitmq-server", entrypoint), entrypoint
+        assert "rabbitmq-diagnostics" in service["healthcheck"]["test"]
+        host_ports |= {str(p).rsplit(":", 1)[0] for p in service.get("ports", [])}
+    assert len(data_volumes) == len(MQ_NODES), "each node its own volume"
+    assert len(host_ports) == len(MQ_NODES), "one management port each on the host"
+    for secret, readers in CLUSTER_SECRETS.items():
+        assert {n for n, s in services.items() if secret in mounted_sources(s)} == readers
+
+
+def test_compose_ha_database_replicates_synchronously():
+    services = ha_services()
+    primary, standby = services["db1"], services["db2"]
+    primary_options = postgres_options(primary["command"])
+    standby_options = postgres_options(standby["command"])
+    assert primary_options["synchronous_commit"] == "on"
+    # the standby's name, the application_name it streams under (its cluster_name)
+    assert primary_options["synchronous_standby_names"] == standby_options["cluster_name"]
+    # on the primary's command line only: pg_basebackup copies configuration files, and
+    # the promoted standby must not wait for a standby it does not have
+    assert "synchronous_standby_names" not in standby_options
+    for script in ("primary-init.sh", "standby-entrypoint.sh"):
+        lines = (DEPLOY / "postgres" / script).read_text().splitlines()
+        assert not [line for line in lines if "synchronous" in line
+                    and not line.lstrip().startswith("#")], script
+    env_primary, env_standby = environment(primary), environment(standby)
+    assert env_standby["PRIMARY_HOST"] == primary["hostname"] == "db1"
+    assert env_standby["REPLICATION_SLOT"] == env_primary["STANDBY_NAME"] == \
+        standby_options["cluster_name"]
+    for service in (primary, standby):
+        assert service["environment"]["REPLICATION_PASSWORD_FILE"] == \
+            "/run/secrets/db_replication_password"
+        assert "db_replication_password" in mounted_sources(service)
+    # the standby made by pg_basebackup -R from the primary, through its slot, on an
+    # empty data folder only; then the image's own entrypoint
+    script = (DEPLOY / "postgres" / "standby-entrypoint.sh").read_text()
+    mounts = dict(v.split(":")[:2] for v in standby["volumes"])
+    assert mounts["./postgres/standby-entrypoint.sh"] == standby["entrypoint"][-1]
+    assert mounts["db2"] == "/var/lib/postgresql/data" != mounts.get("db1")
+    basebackup = re.search(r"^\s*pg_basebackup (.*?)(?<!\\)\n", script, re.S | re.M).group(1)
+    for option in ('-h "$PRIMARY_HOST"', "-R", '-S "$REPLICATION_SLOT"', "-X stream"):
+        assert option in basebackup, option
+    assert 'PG_VERSION" ]' in script and script.rstrip().endswith('exec docker-entrypoint.sh "$@"')
+    assert standby["user"] == "postgres"
+    # the primary's first start: the replication role, the standby's slot, pg_hba.conf
+    init = DEPLOY / "postgres" / "primary-init.sh"
+    mounts = dict(v.split(":")[:2] for v in primary["volumes"])
+    assert mounts["./postgres/primary-init.sh"].startswith("/docker-entrypoint-initdb.d/")
+    assert os.access(init, os.X_OK), "the image sources a file it cannot execute"
+    text = init.read_text()
+    assert "CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'password'" in text
+    assert "pg_create_physical_replication_slot(:'slot')" in text
+    assert re.search(r"host replication replicator all scram-sha-256\" >> \"\$PGDATA/pg_hba.conf",
+                     text)
+    # nothing commits before the standby streams: the migration waits for both
+    assert {k: v["condition"] for k, v in services["migrate"]["depends_on"].items()} == {
+        "db1": "service_healthy", "db2": "service_healthy"}
+    assert standby["depends_on"] == {"db1": {"condition": "service_healthy"}}
+    assert "pg_stat_wal_receiver" in " ".join(standby["healthcheck"]["test"])
+    for path in (init, DEPLOY / "postgres" / "standby-entrypoint.sh"):
+        if shutil.which("bash"):
+            subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("python3") is None or shutil.which("sed") is None,
+                    reason="the secrets README's scripts need python3 and sed")
+def test_secrets_readme_points_every_broker_url_and_dsn_at_every_node(tmp_path):
+    """The secrets README's script, then its lines for the three-node stack (docker
+    stubbed out: the archive's key is not made), in a scratch folder: every broker URL
+    lists the three nodes, with the same user, every DSN both servers with
+    target_session_attrs=read-write, and the configuration they make loads."""
+    text = (DEPLOY / "secrets" / "README.md").read_text()
+    ha_script = re.search(r"```sh\n(.*?)```", text.split("## The three-node stack", 1)[1],
+                          re.S).group(1)
+    (tmp_path / "deploy" / "secrets").mkdir(parents=True)
+    (stubs := tmp_path / "bin").mkdir()
+    (stubs / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (stubs / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    subprocess.run(["sh", "-c", secrets_readme_script() + "\n" + ha_script], cwd=tmp_path,
+                   env=env, check=True, capture_output=True)
+    secrets = tmp_path / "deploy" / "secrets"
+    missing = {name for name, s in compose_ha()["secrets"].items()
+               if not (tmp_path / "deploy" / s["file"]).exists()}
+    assert missing <= {"archive_key"}, missing  # made by the image, stubbed out here
+    urls = {p.name: p.read_text().strip() for p in secrets.glob("*broker_url")}
+    assert set(urls) == {"broker_url", *(f"{w}_broker_url" for w in ALL_WORKERS)}
+    for name, url in urls.items():
+        each = [pika.URLParameters(u) for u in broker.urls(url)]
+        assert [p.host for p in each] == list(MQ_NODES), name
+        assert len({(p.credentials.username, p.credentials.password, p.port, p.virtual_host)
+                    for p in each}) == 1, name
+        if name != "broker_url":
+            assert each[0].credentials.username == f"lega-{name.removesuffix('_broker_url')}"
+    dsns = {p.name: p.read_text().strip() for p in secrets.glob("*db_dsn")}
+    assert set(dsns) == {"db_dsn", *(f"{w}_db_dsn" for w in DB_WORKERS)}
+    for name, dsn in dsns.items():
+        parsed = psycopg2.extensions.parse_dsn(dsn)
+        assert parsed["host"].split(",") == list(DB_NODES), name
+        assert parsed["target_session_attrs"] == "read-write", name
+        assert parsed["dbname"] == "lega"
+    cookie = (secrets / "erlang_cookie").read_text()
+    assert re.fullmatch(r"[0-9a-f]{20,255}", cookie), "one line, no newline"
+    assert (secrets / "db_replication_password").read_text().strip()
+    # what ingest is given loads, its management API asked at each node
+    loaded = config.load(None, environ={"LEGA_BROKER_URL_FILE": str(secrets / "ingest_broker_url"),
+                                        "LEGA_DB_DSN_FILE": str(secrets / "ingest_db_dsn")})
+    apis = broker.management_apis(loaded["broker.url"])
+    assert [api[0] for api in apis] == [f"http://{n}:15672/api" for n in MQ_NODES]
+
+
+def k8s_ha_documents():
+    return [doc for doc in yaml.safe_load_all(K8S_HA_FILE.read_text()) if doc]
+
+
+def test_k8s_ha_broker_and_database_by_their_operators():
+    docs = {doc["kind"]: doc for doc in k8s_ha_documents()}
+    assert set(docs) == {"RabbitmqCluster", "PodDisruptionBudget", "Cluster"}
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert K8S_HA_FILE.name not in kustomization["resources"], "it needs the operators' CRDs"
+    # the RabbitMQ Cluster Operator: three nodes, the definitions loaded at boot as in
+    # compose (the topology, then the users, from one folder), the consumer timeout
+    rabbit = docs["RabbitmqCluster"]
+    assert rabbit["apiVersion"] == "rabbitmq.com/v1beta1" and rabbit["spec"]["replicas"] == 3
+    settings = dict(re.findall(r"^\s*([\w.]+)\s*=\s*(\S+)",
+                               rabbit["spec"]["rabbitmq"]["additionalConfig"], re.M))
+    assert int(settings["consumer_timeout"]) >= 3600 * 1000
+    folder = settings["load_definitions"].rstrip("/")
+    pod = rabbit["spec"]["override"]["statefulSet"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    assert all(path.startswith(folder + "/") for path in mounted)
+    topology, users = sorted(mounted)  # imported in name order: the users after
+    assert "configMap" in mounted[topology] and "secret" in mounted[users]
+    budget = docs["PodDisruptionBudget"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": rabbit["metadata"]["name"]}
+    # CloudNativePG: three instances, synchronous replication that never falls back to
+    # one copy, the owner allowed to make the workers' roles
+    postgres = docs["Cluster"]
+    assert postgres["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert postgres["spec"]["instances"] == 3
+    synchronous = postgres["spec"]["postgresql"]["synchronous"]
+    assert synchronous["method"] in ("any", "first") and synchronous["number"] >= 1
+    assert synchronous["dataDurability"] == "required"
+    assert "synchronous_standby_names" not in postgres["spec"]["postgresql"].get("parameters", {})
+    initdb = postgres["spec"]["bootstrap"]["initdb"]
+    assert initdb["database"] == "lega"
+    (owner,) = [r for r in postgres["spec"]["managed"]["roles"] if r["name"] == initdb["owner"]]
+    assert owner["createrole"] is True and owner["login"] is True
+    # the workers' addresses, in the header: the broker's Service, and the primary's
+    # (<cluster>-rw) in a DSN that takes only a server accepting writes
+    header = K8S_HA_FILE.read_text().split("\n---", 1)[0]
+    (url,) = re.findall(r"^#\s+broker_url:\s+(\S+)$", header, re.M)
+    (dsn,) = re.findall(r"^#\s+db_dsn:\s+(\S+)$", header, re.M)
+    assert pika.URLParameters(url).host == rabbit["metadata"]["name"]
+    assert url.startswith("amqps://lega-ingest:")
+    parsed = psycopg2.extensions.parse_dsn(dsn)
+    assert parsed["host"] == f"{postgres['metadata']['name']}-rw"
+    assert parsed["target_session_attrs"] == "read-write"
+    assert parsed["sslmode"] == "verify-full" and parsed["dbname"] == initdb["database"]
+
+
+def docker_compose():
+    """The command of a compose v2 found here (docker compose, or docker-compose 2.x),
+    or None."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            found = subprocess.run([*command, "version", "--short"], capture_output=True,
+                                   text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if found.returncode == 0 and re.match(r"v?2\.", found.stdout.strip()):
+            return command
+    return None
+
+
+@pytest.mark.skipif(docker_compose() is None, reason="docker compose (v2) is not installed")
+def test_compose_ha_file_is_valid_for_docker_compose(tmp_path):
+    """docker compose config (it starts nothing) reads the file, with a secret file of
+    every name in a scratch copy of deploy/."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns("secrets"))
+    (tmp_path / "deploy" / "secrets").mkdir()
+    for secret in compose_ha()["secrets"].values():
+        (tmp_path / "deploy" / secret["file"]).write_text("sample\n")
+    checked = subprocess.run([*docker_compose(), "-f",
+                              str(tmp_path / "deploy" / COMPOSE_HA_FILE.name), "config", "-q"],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
