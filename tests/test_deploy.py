@@ -1380,6 +1380,12 @@ def test_secrets_readme_points_every_broker_url_and_dsn_at_every_node(tmp_path):
         assert parsed["host"].split(",") == list(DB_NODES), name
         assert parsed["target_session_attrs"] == "read-write", name
         assert parsed["dbname"] == "lega"
+    # the users' file, imported after the topology, keeps the workers' tag (an import sets
+    # a user's tags with its password)
+    shipped = json.loads((DEPLOY / "rabbitmq-definitions.json").read_text())["users"]
+    made = json.loads((secrets / "rabbitmq_users.json").read_text())["users"]
+    assert {u["name"]: u["tags"] for u in made if u["name"] != "admin"} == \
+        {u["name"]: u["tags"] for u in shipped}
     cookie = (secrets / "erlang_cookie").read_text()
     assert re.fullmatch(r"[0-9a-f]{20,255}", cookie), "one line, no newline"
     assert (secrets / "db_replication_password").read_text().strip()
