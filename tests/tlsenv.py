@@ -430,17 +430,26 @@ class RabbitNode:
     certificate), with the test CA's server certificate, and it requires a client
     certificate signed by the test CA. With ``ca=None``, its only listener is plain AMQP
     on 127.0.0.1:``port``. One user, ``user`` / ``password``, has every permission on
-    ``/`` (made at first boot: ``default_user``)."""
+    ``/`` (made at first boot: ``default_user``).
 
-    def __init__(self, ca, plugins=()):
+    For a cluster of such nodes (tests/rabbit_cluster.py): ``name`` (else a random
+    one), ``cookie`` (the Erlang cookie the nodes share, else the node makes its own),
+    ``config`` (more rabbitmq.conf lines) and ``user``/``password`` (the same on every
+    node); :meth:`launch` starts the node again in its folder, with its data, after a
+    stop or a ``kill -9``."""
+
+    def __init__(self, ca, plugins=(), name=None, cookie=None, config="", user="lega",
+                 password=None):
         self.ca = ca
         self.plugins = tuple(plugins)
-        self.name = f"lega-tls-{secrets.token_hex(4)}@localhost"
+        self.name = name or f"lega-tls-{secrets.token_hex(4)}@localhost"
+        self.cookie = cookie
+        self.extra_config = config
         self.port = free_port()        # amqps, or plain AMQP without a CA
         # plain AMQP: no listener with TLS (listeners.tcp = none), else self.port
         self.node_port = free_port() if ca is not None else self.port
         self.dist_port = free_port()   # Erlang distribution (rabbitmqctl)
-        self.user, self.password = "lega", secrets.token_urlsafe(16)
+        self.user, self.password = user, password or secrets.token_urlsafe(16)
         self.folder = None
         self.startup_seconds = None
 
@@ -527,7 +536,19 @@ default_permissions.write = .*
 loopback_users = none
 log.file.level = info
 log.console = false
-""")
+{self.extra_config}""")
+        if self.cookie is not None:  # read by the node and by rabbitmqctl (HOME)
+            cookie = self.folder / ".erlang.cookie"
+            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.cookie)
+        return self.launch(timeout, began)
+
+    def launch(self, timeout=90, began=None):
+        """Start the node in its folder (made by :meth:`start`): at first, or again
+        after a stop or a kill, with the data it had. On failure it is stopped, and its
+        folder goes."""
+        began = time.monotonic() if began is None else began
         try:
             run([rabbitmq_program("rabbitmq-server"), "-detached"], env=self.env(),
                 cwd=self.folder, timeout=60)
