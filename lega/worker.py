@@ -50,6 +50,12 @@ from .errors import NotReady, UserError
 LOG = logging.getLogger(__name__)
 
 IN_PROGRESS = ("submitted", "archived", "verified")
+# a publish the broker refuses (a nack) is tried again on a new channel, after each of
+# these pauses (seconds), before the step fails for it. RabbitMQ 3.10 refuses every
+# publish of a channel to a quorum queue whose first publish on that channel came while
+# the queue's record still named a leader on a node that had just gone (its client asks
+# that node, gets nodedown, and never asks again): a new channel asks afresh
+REFUSED_PUBLISH_PAUSES = (0.2, 0.5, 1, 2)
 PARKED = "internal_error"  # the error code of a file whose message was parked
 
 
@@ -75,6 +81,7 @@ class Worker:
         self.step_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-step")
         self.connection = None
         self.channel = None
+        self._publisher = None  # the channel publishes go on (the consuming one, or newer)
         self._delivery = None
         self._compared = False  # the queues with what the configuration declares
         self.others = []  # the program's consumers of other queues (see Consumer)
@@ -136,7 +143,7 @@ class Worker:
                 self.connection.close()
         except Exception as e:  # already broken: nothing to close cleanly
             LOG.debug("closing a broken connection: %r", e)
-        self.connection = self.channel = None
+        self.connection = self.channel = self._publisher = None
         self._delivery = None
 
     def _on_message(self, channel, method, props, body):
@@ -231,21 +238,46 @@ class Worker:
         """Publish from the work thread through the connection's thread, which waits for
         the broker's confirm. With ``wait=False`` the step goes on meanwhile; what is
         returned is then to be ``settle``-d before the message is acknowledged."""
-        publication = Publication(self.connection)
+        connection = self.connection
+        publication = Publication(connection)
 
-        def on_connection_thread():
+        def on_connection_thread(refused=0):
             try:
-                broker.publish(self.channel, exchange, routing_key, body, correlation_id, headers,
+                channel = self.channel if self._publisher is None else self._publisher
+                broker.publish(channel, exchange, routing_key, body, correlation_id, headers,
                                message_id)
+            except pika.exceptions.NackError as refusal:
+                error = refusal
+                if refused < len(REFUSED_PUBLISH_PAUSES) and connection.is_open:
+                    pause = REFUSED_PUBLISH_PAUSES[refused]
+                    LOG.warning("the broker refused a message for %s %s (correlation id %s); "
+                                "trying again on a new channel in %gs", exchange or "queue",
+                                routing_key, correlation_id, pause)
+                    try:
+                        self._new_publisher()
+                        connection.call_later(pause, lambda: on_connection_thread(refused + 1))
+                        return
+                    except BaseException as e:  # the connection went meanwhile
+                        error = e
+                publication.error = error
             except BaseException as e:
                 publication.error = e
-            finally:
-                publication.done.set()
+            publication.done.set()
 
         self.connection.add_callback_threadsafe(on_connection_thread)
         if wait:
             publication.settle()
         return publication
+
+    def _new_publisher(self):
+        """On the connection's thread: publish on a new channel (with confirms) from now
+        on; the consuming channel stays as it is."""
+        old, self._publisher = self._publisher, None
+        channel = self.connection.channel()
+        channel.confirm_delivery()
+        self._publisher = channel
+        if old is not None and old.is_open:
+            old.close()
 
     # -- the work thread ------------------------------------------------------------
 
