@@ -33,6 +33,8 @@ import sys
 import time
 import uuid
 
+import pika.exceptions
+
 from . import broker, config as lega_config
 
 LOG = logging.getLogger("lega.cega")
@@ -65,6 +67,19 @@ def printer(out):
     return on_message
 
 
+def _publish(channel, queue, body, correlation_id):
+    """Publish on the consuming channel; a refusal (nack) ends the connection like a
+    lost broker does (the callers connect again, and the message in hand comes back):
+    RabbitMQ 3.10 refuses every publish of a channel to a quorum queue whose first one
+    came while the queue's record still named a leader on a node that had just gone,
+    and a new channel does not."""
+    try:
+        broker.publish(channel, "", queue, body, correlation_id)
+    except pika.exceptions.NackError as e:
+        raise pika.exceptions.ChannelClosed(0, f"the broker refused a message for {queue} "
+                                               f"({e}); connecting again") from e
+
+
 def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
         queue=broker.TO_CEGA_QUEUE, should_stop=lambda: False, tls=None, federated=None,
         heartbeat=0, options=None):
@@ -83,7 +98,7 @@ def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
             if should_stop():
                 break
             if federated and heartbeat and time.monotonic() >= next_heartbeat:
-                broker.publish(channel, "", federated, {"type": "heartbeat"}, str(uuid.uuid4()))
+                _publish(channel, federated, {"type": "heartbeat"}, str(uuid.uuid4()))
                 next_heartbeat = time.monotonic() + heartbeat
             if method is None:
                 continue
@@ -96,7 +111,7 @@ def run(url, on_message, answer=lambda request: broker.ACCESSION_QUEUE,
                   and isinstance(message, dict) else None)
             if to:
                 reply = accession_for(message, props.correlation_id)
-                broker.publish(channel, "", to, reply, props.correlation_id)
+                _publish(channel, to, reply, props.correlation_id)
                 LOG.info("sent accession %s for %s:%s", reply["accession_id"], reply["user"],
                          reply["filepath"])
             channel.basic_ack(method.delivery_tag)
