@@ -9,6 +9,7 @@ connection (broker, database, vault) over TLS.
 """
 
 import io
+import http.client
 import json
 import os
 import shutil
@@ -417,13 +418,17 @@ def test_a_file_is_ingested_with_every_connection_over_tls(pipeline, workers, ke
 
 
 def readiness(url):
-    """(HTTP status, body) of a worker's /ready; None while it does not answer."""
+    """(HTTP status, body) of a worker's /ready; None while it does not answer (or it
+    exits while answering: a cut answer)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-    except OSError:
+        try:
+            return e.code, json.loads(e.read())
+        except http.client.HTTPException:
+            return None
+    except (OSError, http.client.HTTPException):
         return None
 
 
