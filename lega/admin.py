@@ -289,16 +289,11 @@ def dead_letters_command(args, config, db):
 def fixity_command(args, config, db):
     from . import fixity, vault
 
-    file_id = None
-    if args.dataset and datasets_db.dataset(db, args.dataset) is None:
-        print(f"no dataset {args.dataset} on this node", file=sys.stderr)
+    try:
+        file_id = scoped_file(args, db)
+    except LookupError as e:
+        print(e.args[0], file=sys.stderr)
         return 2
-    if args.file:
-        file = db.latest_file(*args.file)
-        if file is None:
-            print(f"no file {args.file[1]!r} for user {args.file[0]!r}", file=sys.stderr)
-            return 2
-        file_id = str(file["id"])
     bad = []
 
     def on_result(result):
@@ -324,6 +319,19 @@ def fixity_command(args, config, db):
                   f"  backup: {one['backup']}"
                   + "".join(f"\n  repaired: {r}" for r in one["repaired"]))
     return 1 if summary["bad"] else 0
+
+
+def scoped_file(args, db):
+    """The file of ``--file USER FILEPATH`` (its id), or None; LookupError naming what
+    this node does not have (that file, or the dataset of ``--dataset``)."""
+    if args.dataset and datasets_db.dataset(db, args.dataset) is None:
+        raise LookupError(f"no dataset {args.dataset} on this node")
+    if not args.file:
+        return None
+    file = db.latest_file(*args.file)
+    if file is None:
+        raise LookupError(f"no file {args.file[1]!r} for user {args.file[0]!r}")
+    return str(file["id"])
 
 
 def keys_command(args, config, db):
@@ -394,15 +402,10 @@ def rotate_keys(args, config, db):
                if target not in registered else f"is {registered[target]}")
         print(f"the key {target} {why}; nothing was asked", file=sys.stderr)
         return 1
-    file_id = None
-    if args.file:
-        file = db.latest_file(*args.file)
-        if file is None:
-            print(f"no file {args.file[1]!r} for user {args.file[0]!r}", file=sys.stderr)
-            return 1
-        file_id = str(file["id"])
-    if args.dataset and datasets_db.dataset(db, args.dataset) is None:
-        print(f"no dataset {args.dataset} on this node", file=sys.stderr)
+    try:
+        file_id = scoped_file(args, db)
+    except LookupError as e:
+        print(e.args[0], file=sys.stderr)
         return 1
     wanted, on_target = keys_db.rotation_candidates(db, target, file_id, args.dataset)
     if not wanted:

@@ -371,15 +371,13 @@ class Stack:
         return data
 
     # Central EGA's messages
+    send_url = BROKER_URL  # where they are sent (every node of a cluster, for one)
+
     def send(self, queue, body, correlation_id=None):
-        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        connection, channel = broker.connect(self.send_url, name="tests")
         try:
-            channel = connection.channel()
-            channel.confirm_delivery()
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            channel.basic_publish("", queue, raw, pika.BasicProperties(
-                content_type="application/json", delivery_mode=2,
-                correlation_id=correlation_id or str(uuid.uuid4())), mandatory=True)
+            broker.publish(channel, "", queue, raw, correlation_id or str(uuid.uuid4()))
         finally:
             connection.close()
 
@@ -634,6 +632,43 @@ def stack(request, tmp_path_factory, keys):
     for one in (proxy, backup_proxy):
         if one is not None:
             one.close()
+
+
+@contextlib.contextmanager
+def stack_on(root, config, dsn, keys, broker_url, broker_urls, cls=Stack):
+    """The real workers on services of a test module's own (a RabbitMQ cluster, a
+    database that fails over): ``config`` (with its broker and database settings)
+    completed with POSIX inbox, vault and backup folders under ``root`` and written, the
+    schema migrated, the worker roles made (if missing; never dropped), Central EGA's
+    simulator on ``broker_url``, and one worker of each kind started, as its broker
+    user of ``broker_urls``, and consuming; everything stopped at the end."""
+    config = {**config, "inbox": {"location": str(root / "inbox")},
+              "vault": {"driver": "posix", "location": str(root / "vault")},
+              "backup": {"driver": "posix", "location": str(root / "backup")}}
+    config_path = root / "lega.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db",
+                              "migrate"], capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    create_worker_roles(dsn)
+    cega = CentralEGA(broker_url)
+    stack = cls(root, config_path, config, cega, keys, FolderStore(root / "inbox"),
+                FolderStore(root / "vault"), FolderStore(root / "backup"))
+    stack.db = Database(dsn, worker="tests")
+    stack.direct_dsn = dsn
+    stack.send_url = broker_url
+    stack.broker_urls = broker_urls
+    try:
+        for name in STACK_WORKERS:
+            stack.start_worker(name)
+        for name in STACK_WORKERS:
+            stack.wait_consuming(name)
+        yield stack
+    finally:
+        stop_processes(stack.started)
+        stack.db.close()
+        cega.stop.set()
+        cega.thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)

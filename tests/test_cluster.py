@@ -14,25 +14,21 @@ Alone: ``pytest tests/test_cluster.py -s`` (the measured times are printed).
 
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime
 
 import pika
 import psycopg2
 import pytest
-import yaml
 
 from lega import admin, broker
-from lega.db import Database
 
 import tlsenv
-from conftest import (BIN, BROKER_USER_PASSWORD, BROKER_USER_PREFIX, DB_ADMIN_DSN,
-                      STACK_WORKERS, CentralEGA, FolderStore, Stack, assert_ready,
-                      create_worker_roles, reset_database, stop_processes)
+from conftest import (BROKER_USER_PASSWORD, BROKER_USER_PREFIX, DB_ADMIN_DSN,
+                      STACK_WORKERS, Stack, assert_ready, reset_database, stack_on,
+                      stop_processes)
 from rabbit_cluster import RabbitCluster, rabbitmq_missing
 
 MISSING = rabbitmq_missing()
@@ -51,22 +47,13 @@ TIMEOUT = 60
 
 
 class ClusterStack(Stack):
-    """The suite's stack on the cluster (Stack.send publishes to the main suite's
-    broker): Central EGA's messages through every node's URL, as the workers'; the
-    workers marked as ours, so that a run killed before it could stop them has them
-    stopped by the next one (tlsenv.reap_orphans)."""
+    """The suite's stack on the cluster, its workers marked as ours, so that a run
+    killed before it could stop them has them stopped by the next one
+    (tlsenv.reap_orphans)."""
 
     def start_worker(self, name, tag=None, env=None):
         return super().start_worker(name, tag, {tlsenv.OWNER_ENV: str(os.getpid()),
                                                 **(env or {})})
-
-    def send(self, queue, body, correlation_id=None):
-        connection, channel = broker.connect(self.admin_url, name="tests")
-        try:
-            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            broker.publish(channel, "", queue, raw, correlation_id or str(uuid.uuid4()))
-        finally:
-            connection.close()
 
 
 def import_definitions(node, content, folder):
@@ -154,38 +141,13 @@ def cluster_stack(cluster, tmp_path_factory, keys):
                   "passphrase_file": str(keys["folder"] / "archive.pass")}],
         "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
         "log": {"level": "DEBUG"},
-        "inbox": {"location": str(root / "inbox")},
-        "vault": {"driver": "posix", "location": str(root / "vault")},
-        "backup": {"driver": "posix", "location": str(root / "backup")},
     }
-    config_path = root / "lega.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    cega = stack = None
     try:
-        migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db",
-                                  "migrate"], capture_output=True, text=True)
-        assert migrate.returncode == 0, migrate.stderr
-        create_worker_roles(dsn)  # the suite's roles (made if missing), never dropped
-        cega = CentralEGA(admin_url)
-        stack = ClusterStack(root, config_path, config, cega, keys, FolderStore(root / "inbox"),
-                             FolderStore(root / "vault"), FolderStore(root / "backup"))
-        stack.db = Database(dsn, worker="tests")
-        stack.direct_dsn = dsn
-        stack.admin_url = admin_url
-        stack.cluster = cluster
-        stack.broker_urls = worker_urls
-        for name in STACK_WORKERS:
-            stack.start_worker(name)
-        for name in STACK_WORKERS:
-            stack.wait_consuming(name)
-        yield stack
+        with stack_on(root, config, dsn, keys, admin_url, worker_urls, ClusterStack) as stack:
+            stack.admin_url = admin_url
+            stack.cluster = cluster
+            yield stack
     finally:
-        if stack is not None:
-            stop_processes(stack.started)
-            stack.db.close()
-        if cega is not None:
-            cega.stop.set()
-            cega.thread.join(timeout=5)
         conn = psycopg2.connect(DB_ADMIN_DSN)
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -20,20 +20,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pika
 import psycopg2
 import psycopg2.extensions
 import pytest
-import yaml
 
 from lega import admin, broker
-from lega.db import Database
 
 from clusters import PostgresPair, postgres_missing
-from conftest import (BIN, QUEUE_TYPE, STACK_WORKERS, CentralEGA, FolderStore, Stack,
-                      assert_ready, create_worker_roles, stop_processes)
+from conftest import QUEUE_TYPE, STACK_WORKERS, assert_ready, stack_on
 import tlsenv
 
 pytestmark = pytest.mark.cluster
@@ -48,23 +44,6 @@ MAX_ATTEMPTS = 20
 FILES = 6
 FILE_SIZE = 8 * 1024 * 1024
 HISTORY = ["submitted", "archived", "verified", "backed up", "ready"]
-
-
-class FailoverStack(Stack):
-    """The suite's stack, on this module's vhost (Stack.send publishes to the main
-    suite's)."""
-
-    def send(self, queue, body, correlation_id=None):
-        connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-            channel.basic_publish("", queue, raw, pika.BasicProperties(
-                content_type="application/json", delivery_mode=2,
-                correlation_id=correlation_id or str(uuid.uuid4())), mandatory=True)
-        finally:
-            connection.close()
 
 
 def rabbitmqctl(*args, check=True):
@@ -93,14 +72,12 @@ def failover_stack(tmp_path_factory, keys):
     tlsenv.reap_orphans()  # what a killed run left
     pair = PostgresPair()
     pair.start()
-    stack = cega = None
     rabbitmqctl("delete_vhost", VHOST, check=False)  # a killed run's
     try:
         rabbitmqctl("add_vhost", VHOST)
         rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
         pair.primary.query(f"CREATE DATABASE {DB_NAME}")
         admin_dsn = pair.dsn(dbname=DB_NAME)
-        root = tmp_path_factory.mktemp("lega-dbfail")
         config = {
             "broker": {"url": BROKER_URL, "reconnect_delay": 0.2, "queue_type": QUEUE_TYPE},
             "db": {"dsn": admin_dsn},
@@ -108,36 +85,14 @@ def failover_stack(tmp_path_factory, keys):
                       "passphrase_file": str(keys["folder"] / "archive.pass")}],
             "retry": {"delays": RETRY_DELAYS, "max_attempts": MAX_ATTEMPTS},
             "log": {"level": "DEBUG"},
-            "inbox": {"location": str(root / "inbox")},
-            "vault": {"driver": "posix", "location": str(root / "vault")},
-            "backup": {"driver": "posix", "location": str(root / "backup")},
         }
-        config_path = root / "lega.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        migrate = subprocess.run([str(BIN / "ega-admin"), "--conf", str(config_path), "db",
-                                  "migrate"], capture_output=True, text=True)
-        assert migrate.returncode == 0, migrate.stderr
-        create_worker_roles(admin_dsn)
-        cega = CentralEGA(BROKER_URL)
-        stack = FailoverStack(root, config_path, config, cega, keys, FolderStore(root / "inbox"),
-                              FolderStore(root / "vault"), FolderStore(root / "backup"))
-        stack.db = Database(admin_dsn, worker="tests")  # the tests' view, on both hosts too
-        stack.direct_dsn = admin_dsn
-        stack.pair = pair
-        # the guest user on our vhost: the workers declare the topology themselves
-        stack.broker_urls = {name: BROKER_URL for name in STACK_WORKERS}
-        for name in STACK_WORKERS:
-            stack.start_worker(name)
-        for name in STACK_WORKERS:
-            stack.wait_consuming(name)
-        yield stack
+        # the guest user on our vhost: the workers declare the topology themselves; the
+        # tests' view of the database on both hosts too
+        with stack_on(tmp_path_factory.mktemp("lega-dbfail"), config, admin_dsn, keys,
+                      BROKER_URL, {name: BROKER_URL for name in STACK_WORKERS}) as stack:
+            stack.pair = pair
+            yield stack
     finally:
-        if stack is not None:
-            stop_processes(stack.started)
-            stack.db.close()
-        if cega is not None:
-            cega.stop.set()
-            cega.thread.join(timeout=5)
         rabbitmqctl("delete_vhost", VHOST, check=False)
         pair.stop()
 
