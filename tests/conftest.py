@@ -616,15 +616,8 @@ def stack(request, tmp_path_factory, keys):
     stack.direct_dsn = dsn
     stack.proxy, stack.db_proxy, stack.backup_proxy = proxy, db_proxy, backup_proxy
     stack.broker_urls = broker_urls
-    try:  # a worker that cannot start must not leave the others running (they would
-        # consume the next stack's messages)
-        for name in STACK_WORKERS:
-            stack.start_worker(name)
-        for name in STACK_WORKERS:
-            stack.wait_consuming(name)
+    with workers_of(stack):
         yield stack
-    finally:
-        stop_processes(stack.started)
     cega.stop.set()
     cega.thread.join(timeout=5)
     stack.db.close()
@@ -632,6 +625,21 @@ def stack(request, tmp_path_factory, keys):
     for one in (proxy, backup_proxy):
         if one is not None:
             one.close()
+
+
+@contextlib.contextmanager
+def workers_of(stack):
+    """One worker of each kind started and consuming; every worker the stack started
+    stopped at the end, also when one could not start (the others would consume the
+    next stack's messages)."""
+    try:
+        for name in STACK_WORKERS:
+            stack.start_worker(name)
+        for name in STACK_WORKERS:
+            stack.wait_consuming(name)
+        yield stack
+    finally:
+        stop_processes(stack.started)
 
 
 @contextlib.contextmanager
@@ -659,13 +667,9 @@ def stack_on(root, config, dsn, keys, broker_url, broker_urls, cls=Stack):
     stack.send_url = broker_url
     stack.broker_urls = broker_urls
     try:
-        for name in STACK_WORKERS:
-            stack.start_worker(name)
-        for name in STACK_WORKERS:
-            stack.wait_consuming(name)
-        yield stack
+        with workers_of(stack):
+            yield stack
     finally:
-        stop_processes(stack.started)
         stack.db.close()
         cega.stop.set()
         cega.thread.join(timeout=5)
