@@ -24,7 +24,7 @@ import logging
 from . import broker, datasets_db, health, messages
 from .datasets_db import CHANGED, STALE, ChangedMeanwhile, Missing
 from .errors import UNKNOWN_ACCESSION, NotReady, UserError
-from .worker import main as worker_main
+from .program import main as worker_main
 
 LOG = logging.getLogger("lega.datasets")
 STATUS_OF = {"release": "released", "deprecate": "deprecated"}

@@ -25,7 +25,7 @@ import logging
 import time
 
 from . import broker, health, messages
-from .worker import main as worker_main
+from .program import main as worker_main
 
 LOG = logging.getLogger("lega.dispatch")
 

@@ -19,7 +19,7 @@ from . import backup, broker, messages
 from .db import DuplicateAccession
 from .errors import (CHECKSUM_MISMATCH, DUPLICATE_ACCESSION, NOT_INGESTED, NotReady,
                      UserError)
-from .worker import main as worker_main
+from .program import main as worker_main
 
 LOG = logging.getLogger("lega.finalize")
 

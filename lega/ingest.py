@@ -19,7 +19,7 @@ from .c4gh import read_header
 from .checksums import Checksummer
 from .logs import Progress
 from .errors import CHECKSUM_MISMATCH, IN_DATASET, UserError
-from .worker import main as worker_main
+from .program import main as worker_main
 
 LOG = logging.getLogger("lega.ingest")
 

@@ -149,7 +149,7 @@ def read_start(vault, archive_path, size):
 
 
 def consumer():
-    """verify's consumer of ``rotatekey`` (see :func:`lega.worker.main`)."""
+    """verify's consumer of ``rotatekey`` (see :func:`lega.program.main`)."""
     from . import broker
-    from .worker import Consumer
+    from .program import Consumer
     return Consumer("rotatekey", broker.ROTATEKEY_QUEUE, messages.KEY_ROTATION, handle)

@@ -19,7 +19,7 @@ from .checksums import Checksummer
 from .logs import Progress
 from .config import ConfigError
 from .errors import WRONG_KEY, IntegrityError, UserError
-from .worker import main as worker_main, wait_until_usable
+from .program import main as worker_main, wait_until_usable
 
 LOG = logging.getLogger("lega.verify")
 READ_SIZE = 16 * CIPHER_SEGMENT_SIZE  # about 1 MiB of whole segments: nothing carried over
