@@ -20,29 +20,18 @@ Writes bench/results/backup_placement.json.
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from stack import MIB, ROOT, make_plaintext
+from stack import MIB, ROOT, drop_cache as drop, make_plaintext
 
 from lega import backup as lega_backup
 from lega.vault import PosixVault
 
 CHUNK = MIB
-
-
-def drop(path):
-    """Out of the page cache (as lega's read-back does), so that a read is a disk read."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def timed(function):

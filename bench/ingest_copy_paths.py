@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from stack import drop_cache as drop
+
 MIB = 1 << 20
 RANGE = 8 * MIB
 
@@ -50,15 +52,6 @@ class Hasher:
         self.queue.put(None)
         self.thread.join()
         return self.sha.hexdigest()
-
-
-def drop(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def user_space(source, target):

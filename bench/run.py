@@ -40,7 +40,8 @@ import threading
 import time
 from pathlib import Path
 
-from stack import MIB, ROOT, BenchStack, broker, conftest, encrypt_file, make_keys, make_plaintext
+from stack import (MIB, ROOT, BenchStack, broker, conftest, drop_cache, encrypt_file, make_keys,
+                   make_plaintext)
 
 # issue 18: ingest at least 0.7 x the cp + sync median, verify 0.9 x openssl md5's, at
 # most 1.5 s of ingest's CPU a GiB
@@ -64,17 +65,6 @@ def upload_file(stack, keys, size_mib):
     make_plaintext(plain, size_mib * MIB)
     encrypt_file(plain, upload, keys)
     return plain, upload
-
-
-def drop_cache(path):
-    """Out of the page cache, so that the next read of it is a disk read (for lega's
-    run and the baselines alike)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def one_file(work, keys, size_mib, rounds=3):

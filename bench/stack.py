@@ -39,6 +39,17 @@ def encrypt_file(plain_path, c4gh_path, keys):
                              infile, outfile)
 
 
+def drop_cache(path):
+    """Out of the page cache (as lega's read-back does), so that the next read of it is
+    a disk read (for lega's run and the baselines alike)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def make_keys(folder):
     folder.mkdir(parents=True, exist_ok=True)
     return {"archive": conftest.KeyPair(folder, "archive", "bench"),
