@@ -396,10 +396,10 @@ def rotate_keys(args, config, db):
     except (OSError, ValueError) as e:
         print(f"{args.to}: not a Crypt4GH public key ({e})", file=sys.stderr)
         return 2
-    registered = {k["key_hash"]: k["status"] for k in keys_db.listed(db)}
-    if registered.get(target) != "active":
+    status = keys_db.status_of(db, target)
+    if status != "active":
         why = ("is not registered: add its private key to verify's keys, and restart verify"
-               if target not in registered else f"is {registered[target]}")
+               if status is None else f"is {status}")
         print(f"the key {target} {why}; nothing was asked", file=sys.stderr)
         return 1
     try:

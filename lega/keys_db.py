@@ -44,6 +44,12 @@ def deprecated(db):
             db.read("SELECT key_hash FROM archive_keys WHERE status = 'deprecated'", ())}
 
 
+def status_of(db, digest):
+    """A registered key's status (active, deprecated), or None if it is not registered."""
+    row = db.read_one("SELECT status FROM archive_keys WHERE key_hash = %s", (digest,))
+    return row["status"] if row else None
+
+
 def deprecate(db, digest, reason=None):
     """Deprecate a registered key; False if it is deprecated already. LookupError if
     this archive has no such key."""

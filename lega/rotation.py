@@ -86,16 +86,18 @@ def rotate(worker, ctx, file, rotation_id, target):
         return "unchanged"
 
     new = c4gh.rotate_header(header, [key], target_key.public_key())
-    prove(worker, file, new, target_key, session_keys)
+    first = read_start(worker.vault, file["archive_path"], CIPHER_SEGMENT_SIZE)  # once
+    prove(new, target_key, session_keys, first)
     if not keys_db.rotate(worker.db, file["id"], rotation_id, (header, current), new, target,
                           ctx):
         raise NotReady("the file's header changed meanwhile (another rotation?)")
+    recorded = worker.db.header(file["id"])
     try:
-        prove(worker, file, worker.db.header(file["id"]), target_key, session_keys)
+        prove(recorded, target_key, session_keys, first)
     except RotationFailed as e:
         reason = f"the recorded header did not verify ({e}); the old one is back"
-        if keys_db.put_back(worker.db, file["id"], rotation_id, (header, current),
-                            worker.db.header(file["id"]), ctx, reason):
+        if keys_db.put_back(worker.db, file["id"], rotation_id, (header, current), recorded,
+                            ctx, reason):
             LOG.error("rotation of %s to key %s: %s", file["id"], target, reason)
         return "failed"
     LOG.info("rotated from key %s to key %s (%d header bytes; the body is untouched)",
@@ -105,11 +107,11 @@ def rotate(worker, ctx, file, rotation_id, target):
 
 def target_private_key(worker, target):
     """The private key of ``target``: registered, not deprecated, and held by verify."""
-    registered = {row["key_hash"]: row["status"] for row in keys_db.listed(worker.db)}
-    if target not in registered:
+    status = keys_db.status_of(worker.db, target)  # one row, not the files on each key
+    if status is None:
         raise RotationFailed(f"the target key {target} is not registered")
-    if registered[target] != "active":
-        raise RotationFailed(f"the target key {target} is {registered[target]}")
+    if status != "active":
+        raise RotationFailed(f"the target key {target} is {status}")
     for key in worker.keys:
         if worker.key_hashes[id(key)] == target:
             return key
@@ -117,9 +119,9 @@ def target_private_key(worker, target):
                          "(add it to keys, and restart verify)")
 
 
-def prove(worker, file, header, target_key, session_keys):
+def prove(header, target_key, session_keys, first):
     """The header opens with the target key alone, to exactly these session keys, and
-    the body's first segment decrypts with them."""
+    the body's ``first`` segment (the whole body, if shorter) decrypts with them."""
     try:
         keys = c4gh.session_keys(header, [target_key])
     except UserError as e:
@@ -127,7 +129,6 @@ def prove(worker, file, header, target_key, session_keys):
                              f"({e.code}: {e.reason})") from None
     if sorted(map(bytes, keys)) != sorted(map(bytes, session_keys)):
         raise RotationFailed("the new header holds other session keys than the old one")
-    first = read_start(worker.vault, file["archive_path"], CIPHER_SEGMENT_SIZE)
     decryptor = BodyDecryptor(keys)
     try:
         decryptor.update(first)
