@@ -51,6 +51,14 @@ class InboxFile:
         self.read_so_far += len(data)
         return data
 
+    def copy_to(self, fd, count):
+        """Copy up to ``count`` bytes, on from what was read, to the end of the file
+        ``fd``, in the kernel (nothing passes through this process); the number copied,
+        0 at the end. OSError if the kernel cannot copy between the two."""
+        copied = os.copy_file_range(self.stream.fileno(), fd, count)
+        self.read_so_far += copied
+        return copied
+
     def check_unchanged(self):
         if self._identity() != self._before or self.read_so_far != self.size:
             raise UserError(FILE_CHANGED, f"The file {self.filepath!r} changed while it was "

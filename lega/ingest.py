@@ -3,8 +3,10 @@
 For each message on the ``files`` queue, if the file is found in the inbox, Central EGA
 is told that ingestion started (unless ``cega.send_processing`` is off: today's Central
 EGA drops that message). The worker reads the Crypt4GH header off the file and
-puts it in the database, and streams the remainder (the encrypted body) to the vault,
-checksumming as it goes. No decryption key is used in this step. When the body is in
+puts it in the database, and appends the remainder (the encrypted body) to the vault
+object, checksumming the bytes as they stand in the vault (an upload in a POSIX inbox is
+copied into a POSIX vault by the kernel, and its pages there are checksummed where they
+are). No decryption key is used in this step. When the body is in
 the vault, the file is handed over to verify on the ``archived`` queue.
 
 A ``cancel`` on the same queue removes the archived copy (and its backup copy) and
@@ -52,30 +54,30 @@ def ingest(worker, ctx, trigger):
         whole = [threads.enter_context(Checksummer(kind, size_hint=size))
                  for kind in ("sha256", "md5") if kind == "sha256" or kind in given]
         body = threads.enter_context(Checksummer("sha256", size_hint=size))
-        upload = FeedingReader(upload, whole)
         header = read_header(upload, worker.config["ingest.max_header_size"],
                              worker.config["ingest.max_header_packets"])
+        for checksummer in whole:
+            checksummer.feed(header)
 
         archive_path = worker.vault.path_for(file["id"])
         retry = ctx.redelivered or ctx.attempt > 1 or not created  # clean up after it
         with worker.vault.writer(archive_path, size - len(header), retry) as vault_object:
-            chunk_size = worker.config["ingest.chunk_size"]
             progress = Progress("archiving", size, worker.config["log.progress_interval"])
-            while chunk := upload.read(chunk_size):
-                body.feed(chunk)
-                vault_object.write(chunk)
-                progress.add(len(chunk))
-            upload.stream.check_unchanged()  # what we read is the whole upload, as it was
+            for piece in vault_object.append(upload, worker.config["ingest.chunk_size"]):
+                for checksummer in (*whole, body):
+                    checksummer.feed(piece)
+                progress.add(len(piece))
+            upload.check_unchanged()  # what we read is the whole upload, as it was
             uploaded = {k: v for checksummer in whole for k, v in checksummer.result().items()}
             check_encrypted_checksums(given, uploaded)
             vault_object.commit()
         archived = body.result()
-    archive_size = upload.size - len(header)
+    archive_size = body.size
     LOG.info("archived %d bytes of body as %s (header: %d bytes)",
              archive_size, archive_path, len(header))
 
     if not worker.db.set_archived(file["id"], ctx, header, archive_path, archive_size,
-                                  upload.size, uploaded, archived):
+                                  len(header) + archive_size, uploaded, archived):
         now = worker.db.file(file["id"])["status"]
         if now in ("error", "disabled"):
             LOG.warning("the file became %s while being ingested: removing the copy", now)
@@ -137,22 +139,6 @@ def cancel(worker, ctx, trigger):
                                     f"dataset(s) {e}, not deprecated: it cannot be cancelled "
                                     "until they are.") from None
     LOG.info("cancelled: %s file disabled and its archived copy removed", file["status"])
-
-
-class FeedingReader:
-    """Reads a stream, feeding everything read to checksummers."""
-
-    def __init__(self, stream, checksummers):
-        self.stream = stream
-        self.checksummers = checksummers
-        self.size = 0
-
-    def read(self, size):
-        chunk = self.stream.read(size)
-        for checksummer in self.checksummers:
-            checksummer.feed(chunk)
-        self.size += len(chunk)
-        return chunk
 
 
 def prepare(worker):

@@ -10,6 +10,7 @@ import collections
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import secrets
@@ -23,6 +24,11 @@ from . import s3
 
 LOG = logging.getLogger(__name__)
 COPY_CHUNK = 8 * 1024 * 1024  # read and written at a time when copying between stores
+KERNEL_RANGE = 8 * 1024 * 1024  # copied in the kernel, then mapped for hashing, at a time
+# what copy_file_range says when it cannot copy between these two files
+NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+# a range's pages mapped in one go (Linux), not one fault at a time by the hashing threads
+MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class VaultWriter:
@@ -30,6 +36,14 @@ class VaultWriter:
 
     def write(self, chunk):
         raise NotImplementedError
+
+    def append(self, source, chunk_size):
+        """Append the rest of the stream ``source``; yields what was appended, piece by
+        piece, as it now stands in the object, for the caller to checksum (a piece stays
+        valid while it is referenced)."""
+        while chunk := source.read(chunk_size):
+            self.write(chunk)
+            yield chunk
 
     def commit(self):
         """Make the object visible under its name, durably."""
@@ -97,24 +111,67 @@ class _PosixWriter(VaultWriter):
             LOG.info("removing %s, left by an earlier attempt", stale.name)
             stale.unlink(missing_ok=True)
         self.tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.part"
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        self.f = os.fdopen(fd, "wb", buffering=0)
+        # read too: what was appended is mapped for the caller to checksum
+        fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+        self.f = os.fdopen(fd, "r+b", buffering=0)
+        self.size = 0
 
     def write(self, chunk):
         view = memoryview(chunk)
         while view:
-            view = view[self.f.write(view):]
+            written = self.f.write(view)
+            self.size += written
+            view = view[written:]
+
+    def append(self, source, chunk_size):
+        """From a source that can copy itself into a file (an upload in a POSIX inbox:
+        ``copy_to``), the bytes are copied in the kernel, a range at a time, and each
+        range is then read where it now is, the file's pages mapped, not copied out: one
+        copy of the bytes instead of two (read, then write), and what the caller
+        checksums is what the file holds. Anything else, or a kernel that cannot copy
+        between these two files, is read and written."""
+        copy_to = getattr(source, "copy_to", None)
+        while copy_to is not None:
+            try:
+                copied = copy_to(self.f.fileno(), KERNEL_RANGE)
+            except OSError as e:
+                if e.errno not in NO_KERNEL_COPY:
+                    raise
+                break
+            if not copied:  # the end, or a file system that copies nothing: read to see
+                break
+            yield from self._mapped(self.size, copied, chunk_size)
+            self.size += copied
+        yield from super().append(source, chunk_size)
+
+    def _mapped(self, offset, length, chunk_size):
+        """The file's bytes ``offset`` to ``offset + length`` as pieces of ``chunk_size``,
+        views of its pages mapped read-only; the mapping goes once no piece is
+        referenced (so what is mapped is what the caller still holds)."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            pages = mmap.mmap(self.f.fileno(), offset + length - start, MAP_FLAGS,
+                              mmap.PROT_READ, offset=start)
+        except OSError:  # a file system that cannot map files: the range read back
+            for at in range(offset, offset + length, chunk_size):
+                yield _pread_exactly(self.f.fileno(), min(chunk_size, offset + length - at), at)
+            return
+        view = memoryview(pages)
+        del pages  # kept by the views
+        for at in range(offset - start, offset - start + length, chunk_size):
+            yield view[at:min(at + chunk_size, offset - start + length)]
 
     def copy_file(self, fd, on_copied=None):
         """Append what the file ``fd`` holds (from its offset), copied in the kernel (no
         user-space copy) where the kernel can, else read and written."""
         try:
             while copied := os.copy_file_range(fd, self.f.fileno(), COPY_CHUNK * 8):
+                self.size += copied
                 if on_copied is not None:
                     on_copied(copied)
             return
         except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if e.errno not in NO_KERNEL_COPY:
                 raise
         while chunk := os.read(fd, COPY_CHUNK):  # on from where the kernel stopped
             self.write(chunk)
@@ -135,6 +192,16 @@ class _PosixWriter(VaultWriter):
             self.tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+def _pread_exactly(fd, size, offset):
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise OSError(errno.EIO, f"the file ended {size - len(data)} bytes early")
+        data += more
+    return data
 
 
 READ_BACK_RANGE = 32 * 1024 * 1024  # written to the disk, then read back, at a time
