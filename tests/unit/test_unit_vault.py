@@ -201,3 +201,25 @@ def test_a_file_that_grows_while_copied_is_noticed(tmp_path, upload):
             stream.check_unchanged()
         out.abort()
     assert info.value.code == "file_changed"
+
+
+def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, upload,
+                                                                  monkeypatch):
+    """Every range but the last is handed to the disk's writeback as soon as the next
+    one is copied (the final fsync is left with one range), in order, none skipped."""
+    monkeypatch.setattr(vault_module, "KERNEL_RANGE", 4 * MIB)
+    advised, real = [], os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(vault_module.os, "posix_fadvise", spy)
+    vault = PosixVault(tmp_path / "vault")
+    stream = opened(tmp_path)
+    with stream, vault.writer("ab/file") as out:
+        append_all(out, stream)
+        out.commit()
+    body = len(upload) - 124
+    assert advised == [(at, 4 * MIB, os.POSIX_FADV_DONTNEED)
+                       for at in range(0, body - body % (4 * MIB), 4 * MIB)]
