@@ -22,7 +22,8 @@ def client(settings):
     variants), else boto3's usual chain (AWS_ACCESS_KEY_ID..., ~/.aws, instance roles).
     """
     config = BotoConfig(
-        s3={"addressing_style": settings["addressing"]},
+        s3={"addressing_style": settings["addressing"],
+            "payload_signing_enabled": settings["sign_payload"]},
         signature_version="s3v4",
         connect_timeout=10,
         read_timeout=120,

@@ -419,17 +419,20 @@ class _S3Writer(VaultWriter):
     def write(self, chunk):
         self.buffer += chunk
         while len(self.buffer) >= self.part_size:
-            part = bytes(memoryview(self.buffer)[:self.part_size])
-            del self.buffer[:self.part_size]
+            if len(self.buffer) == self.part_size:  # chunks fill parts: sent as it is
+                part, self.buffer = self.buffer, bytearray()
+            else:
+                part = self.buffer[:self.part_size]
+                del self.buffer[:self.part_size]
             self._send(part)
 
     def commit(self):
         try:
             if self.upload_id is None:
-                self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+                self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.buffer)
                 return
             if self.buffer:
-                self._send(bytes(self.buffer))
+                self._send(self.buffer)
             while self.in_flight:
                 self.parts.append(self.in_flight.popleft().result())
             self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key,
