@@ -16,6 +16,12 @@ On 2026-12-02 (2 cores, ext4 on one virtual disk, 1 GiB): today's 2.13 to 3.95 s
 either way. With 256 MiB the gap showed in one round of two (0.69 against 0.37 s, then
 0.30 against 0.32 s): the kernel's copies are slow only at times, perhaps when the
 pages are new to the virtual machine; more rounds, and larger files, are needed to say.
+
+Later that day (4 rounds, a slower disk): today's 2.95 to 4.26 s, 0.78 to 2.00 s system;
+copy_file_range + mmap 2.85 to 3.15 s, 0.48 to 0.50 s; with MAP_POPULATE 2.83 to 3.66 s,
+0.50 to 1.16 s; with write-behind too 2.58 to 3.40 s; cp + sync 1.91 to 2.38 s. User
+time was 1.8 s (sha256 ran at 1.26 GB/s that day). lega took copy_file_range, mapped
+with MAP_POPULATE, and write-behind (which won 6 of 6 interleaved pairs in lega's loop).
 """
 
 import argparse

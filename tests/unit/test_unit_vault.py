@@ -223,3 +223,13 @@ def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, uploa
     body = len(upload) - 124
     assert advised == [(at, 4 * MIB, os.POSIX_FADV_DONTNEED)
                        for at in range(0, body - body % (4 * MIB), 4 * MIB)]
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_s3_request_bodies_are_hashed_for_the_signature_only_when_asked(asked):
+    from lega import s3
+    from lega.config import S3_DEFAULTS
+    client = s3.client({**S3_DEFAULTS, "endpoint": "http://127.0.0.1:9", "access_key": "a",
+                        "secret_key": "b", "sign_payload": asked})
+    assert client.meta.config.s3["payload_signing_enabled"] is asked
+    assert S3_DEFAULTS["sign_payload"] is False
