@@ -131,19 +131,27 @@ class _PosixWriter(VaultWriter):
         checksums is what the file holds. Anything else, or a kernel that cannot copy
         between these two files, is read and written."""
         copy_to = getattr(source, "copy_to", None)
-        while copy_to is not None:
+        if copy_to is not None:
+            for offset, copied in self._copied_in_kernel(copy_to, KERNEL_RANGE):
+                self._write_behind(offset)
+                yield from self._mapped(offset, copied, chunk_size)
+        yield from super().append(source, chunk_size)
+
+    def _copied_in_kernel(self, copy_to, range_size):
+        """Append ranges copied by ``copy_to(fd, count)`` (copy_file_range) until the end,
+        or until the kernel cannot copy between the two files; yields each range's offset
+        and length. The caller reads and writes whatever is left."""
+        while True:
             try:
-                copied = copy_to(self.f.fileno(), KERNEL_RANGE)
+                copied = copy_to(self.f.fileno(), range_size)
             except OSError as e:
                 if e.errno not in NO_KERNEL_COPY:
                     raise
-                break
+                return
             if not copied:  # the end, or a file system that copies nothing: read to see
-                break
-            self._write_behind(self.size)
-            yield from self._mapped(self.size, copied, chunk_size)
+                return
             self.size += copied
-        yield from super().append(source, chunk_size)
+            yield self.size - copied, copied
 
     def _write_behind(self, end):
         """Start writing the range before ``end`` to the disk now (on Linux, DONTNEED
@@ -173,15 +181,12 @@ class _PosixWriter(VaultWriter):
     def copy_file(self, fd, on_copied=None):
         """Append what the file ``fd`` holds (from its offset), copied in the kernel (no
         user-space copy) where the kernel can, else read and written."""
-        try:
-            while copied := os.copy_file_range(fd, self.f.fileno(), COPY_CHUNK * 8):
-                self.size += copied
-                if on_copied is not None:
-                    on_copied(copied)
-            return
-        except OSError as e:
-            if e.errno not in NO_KERNEL_COPY:
-                raise
+        def copy_to(out, count):
+            return os.copy_file_range(fd, out, count)
+
+        for _, copied in self._copied_in_kernel(copy_to, COPY_CHUNK * 8):
+            if on_copied is not None:
+                on_copied(copied)
         while chunk := os.read(fd, COPY_CHUNK):  # on from where the kernel stopped
             self.write(chunk)
             if on_copied is not None:

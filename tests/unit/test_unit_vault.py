@@ -225,6 +225,20 @@ def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, uploa
                        for at in range(0, body - body % (4 * MIB), 4 * MIB)]
 
 
+def test_a_file_cut_short_while_copied_is_noticed(tmp_path, upload):
+    vault = PosixVault(tmp_path / "vault")
+    stream = opened(tmp_path)
+    with stream, vault.writer("ab/file") as out:
+        pieces = out.append(stream, MIB)
+        next(pieces)
+        os.truncate(tmp_path / "inbox" / "alice" / "file.c4gh", 12 * MIB)
+        assert sum(len(piece) for piece in pieces) < len(upload) - 124 - MIB
+        with pytest.raises(UserError) as info:
+            stream.check_unchanged()
+        out.abort()
+    assert info.value.code == "file_changed"
+
+
 @pytest.mark.parametrize("asked", [False, True])
 def test_s3_request_bodies_are_hashed_for_the_signature_only_when_asked(asked):
     from lega import s3
