@@ -2,7 +2,11 @@
 same files in the same run. Prints a table and writes bench/results/bench.json.
 
     .venv/bin/python bench/run.py [--size-mib 1024] [--big-mib 4096] [--rounds 3]
-                                  [--small-count 1000] [--small-kib 64]
+                                  [--small-count 1000] [--small-kib 64] [--only PART ...]
+
+    make bench BENCH_ARGS="--only one_file"     # some of the parts (named below)
+
+(a run of some parts writes bench/results/bench-<parts>.json, not bench.json)
 
 The disk of this kind of machine changes speed from one minute to the next (a `cp` +
 `sync` of 1 GiB takes 0.6 s or 3.6 s): the single file and the small files are run in
@@ -49,6 +53,9 @@ from stack import (MIB, ROOT, BenchStack, broker, conftest, drop_cache, encrypt_
 TARGETS = {"ingest_vs_cp": 0.7, "verify_vs_md5": 0.9, "verify_vs_pipeline": 1.5,
            "ingest_cpu_s_per_gib": 1.5, "rss_mib": 100, "small_files_per_s_2": 50,
            "two_ingest_scaling": 1.6}
+# what make bench runs, in this order (--only picks some)
+PARTS = ("one_file", "big_file_rss", "small_files", "two_ingests", "backup", "datasets",
+         "rotation")
 
 
 def timed(command, env=None):
@@ -485,6 +492,34 @@ def mbps(size, seconds):
 
 
 def report(r, args):
+    """The table of what was run (``--only`` runs some of the parts)."""
+    lines = [f"lega benchmark: {os.cpu_count()} cores"]
+    if "one_file" in r:
+        lines += report_one_file(r, args)
+    if "big_file_rss_mib" in r and "one_file" not in r:  # else in the one file's table
+        lines += ["", f"peak RSS (MiB) after a {args.big_mib} MiB file: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in sorted(r["big_file_rss_mib"].items()))]
+    lines.append("")
+    for workers in (1, 2):
+        if f"small_files_{workers}" in r:
+            lines.append(report_small_files(r[f"small_files_{workers}"], workers, args))
+    if "two_ingests" in r:
+        lines.append(report_two_ingests(r))
+    if "backup" in r:
+        lines += report_backup(r)
+    if "datasets" in r:
+        lines.append(report_datasets(r))
+    if "rotation" in r:
+        k = r["rotation"]
+        lines.append(f"key rotation: ega-admin keys rotate --all over {k['files']} files "
+                     f"{k['all_s']:.2f} s ({k['files_per_s']:.0f} files/s; the command itself,"
+                     f" requests recorded and messages sent, {k['sent_s']:.2f} s); one file of "
+                     f"{k['big_mib']} MiB alone {k['big_s']:.3f} s, one of 1 KiB "
+                     f"{k['small_s']:.3f} s (medians of 3, each command to done)")
+    return "\n".join(lines)
+
+
+def report_one_file(r, args):
     one = r["one_file"]
     size = one["size_bytes"]
     rows = [
@@ -499,9 +534,9 @@ def report(r, args):
         (low, high), seconds = spread[measure], one[measure]
         return f"{seconds:.2f} s ({low:.2f} to {high:.2f}), {mbps(size, seconds):.0f} MB/s"
 
-    lines = [f"lega benchmark: {os.cpu_count()} cores, one file of {args.size_mib} MiB "
-             f"({size} bytes encrypted); medians of {one['rounds']} interleaved rounds, each "
-             "from a cold cache (lowest to highest)", "",
+    lines = ["", f"one file of {args.size_mib} MiB ({size} bytes encrypted); medians of "
+                 f"{one['rounds']} interleaved rounds, each from a cold cache (lowest to "
+                 "highest)", "",
              "| step | lega | baseline | baseline | ratio of medians (target) |",
              "|---|---|---|---|---|"]
     for step, ours, name, theirs, key in rows:
@@ -525,59 +560,71 @@ def report(r, args):
     lines += ["", "| peak RSS (MiB) | " + " | ".join(sorted(one["peak_rss_mib"])) + " |",
               "|---|" + "---|" * len(one["peak_rss_mib"])]
     for label, rss in ((f"{args.size_mib} MiB file", one["peak_rss_mib"]),
-                       (f"{args.big_mib} MiB file", r["big_file_rss_mib"])):
-        lines.append(f"| {label} | " + " | ".join(f"{rss[k]:.0f}" for k in sorted(rss)) + " |")
-    lines.append("")
-    for workers in (1, 2):
-        small = r[f"small_files_{workers}"]
-        low, high = small["spread"]
-        pairs = ", ".join(f"{one['files_per_s']:.0f} at {one['fsyncs_per_s']:.0f}"
-                          for one in small["rounds"])
-        lines.append(f"{small['files']} files of {args.small_kib} KiB end to end, {workers} "
-                     f"worker(s) of each kind: {small['files_per_s']:.1f} files/s, median of "
-                     f"{len(small['rounds'])} ({low:.1f} to {high:.1f}); each round's files/s at "
-                     f"the disk's fsyncs/s just before: {pairs}")
+                       (f"{args.big_mib} MiB file", r.get("big_file_rss_mib"))):
+        if rss is not None:
+            lines.append(f"| {label} | " + " | ".join(f"{rss[k]:.0f}" for k in sorted(rss))
+                         + " |")
+    return lines
+
+
+def report_small_files(small, workers, args):
+    low, high = small["spread"]
+    pairs = ", ".join(f"{one['files_per_s']:.0f} at {one['fsyncs_per_s']:.0f}"
+                      for one in small["rounds"])
+    return (f"{small['files']} files of {args.small_kib} KiB end to end, {workers} worker(s) "
+            f"of each kind: {small['files_per_s']:.1f} files/s, median of "
+            f"{len(small['rounds'])} ({low:.1f} to {high:.1f}); each round's files/s at the "
+            f"disk's fsyncs/s just before: {pairs}")
+
+
+def report_two_ingests(r):
     two = r["two_ingests"]
-    scaling = mbps(two["bytes"], two["seconds"]) / mbps(size, one["ingest_s"])
-    r["ratios"]["two_ingest_scaling"] = scaling
-    lines.append(f"two files on two ingest workers: {mbps(two['bytes'], two['seconds']):.0f} "
-                 f"MB/s together, {scaling:.2f} x one ingest (target >= 1.6); two cp + sync "
-                 f"at once: {mbps(two['bytes'], two['two_cp_sync_s']):.0f} MB/s together")
+    line = (f"two files on two ingest workers: {mbps(two['bytes'], two['seconds']):.0f} MB/s "
+            "together")
+    if "one_file" in r:
+        one = r["one_file"]
+        scaling = mbps(two["bytes"], two["seconds"]) / mbps(one["size_bytes"], one["ingest_s"])
+        r["ratios"]["two_ingest_scaling"] = scaling
+        line += f", {scaling:.2f} x one ingest (target >= {TARGETS['two_ingest_scaling']})"
+    return line + (f"; two cp + sync at once: {mbps(two['bytes'], two['two_cp_sync_s']):.0f} "
+                   "MB/s together")
+
+
+def report_backup(r):
     b = r["backup"]
     added, allowed = b["added_s"], b["allowed_s"]
-    r["ratios"]["fixity_vault_vs_verify"] = one["verify_s"] / b["fixity_none_s"]
     r["ratios"]["backup_added_vs_cp_and_read"] = added / allowed
 
     def spread(key):
         low, high = b["spread"][key]
         return f"{low:.2f}-{high:.2f}"
 
-    lines.append(f"one file end to end, medians of {b['rounds']} interleaved rounds (spread): "
-                 f"{b['none_s']:.2f} s without a backup ({spread('none_s')}), "
-                 f"{b['posix_s']:.2f} s with a POSIX one ({spread('posix_s')}): the backup adds "
-                 f"{added:.2f} s ({spread('added')}), against {allowed:.2f} s "
-                 f"({spread('allowed')}) for one cp + sync of the body ({b['cp_sync_s']:.2f} s)"
-                 f" and one read of it from the disk ({b['cold_read_s']:.2f} s) (target: no "
-                 "more)")
-    lines.append(f"ega-admin fixity of that file: the vault copy alone {b['fixity_none_s']:.2f} s"
-                 f" ({mbps(b['body_bytes'], b['fixity_none_s']):.0f} MB/s, verify "
-                 f"{mbps(size, one['verify_s']):.0f} MB/s), with the backup copy read back too "
-                 f"{b['fixity_posix_s']:.2f} s")
+    lines = [f"one file end to end, medians of {b['rounds']} interleaved rounds (spread): "
+             f"{b['none_s']:.2f} s without a backup ({spread('none_s')}), "
+             f"{b['posix_s']:.2f} s with a POSIX one ({spread('posix_s')}): the backup adds "
+             f"{added:.2f} s ({spread('added')}), against {allowed:.2f} s "
+             f"({spread('allowed')}) for one cp + sync of the body ({b['cp_sync_s']:.2f} s)"
+             f" and one read of it from the disk ({b['cold_read_s']:.2f} s) (target: no "
+             "more)"]
+    fixity = (f"ega-admin fixity of that file: the vault copy alone {b['fixity_none_s']:.2f} s"
+              f" ({mbps(b['body_bytes'], b['fixity_none_s']):.0f} MB/s")
+    if "one_file" in r:
+        one = r["one_file"]
+        r["ratios"]["fixity_vault_vs_verify"] = one["verify_s"] / b["fixity_none_s"]
+        fixity += f", verify {mbps(one['size_bytes'], one['verify_s']):.0f} MB/s"
+    lines.append(fixity + f"), with the backup copy read back too {b['fixity_posix_s']:.2f} s")
+    return lines
+
+
+def report_datasets(r):
     d = r["datasets"]
     r["ratios"]["mapping_vs_insert_select"] = d["new_s"] / d["insert_select_s"]
-    lines.append(f"a dataset mapping of {d['files']} ready files: {d['worker_s']:.2f} s through "
-                 f"the datasets worker (message sent -> applied), {d['new_s']:.3f} s for the "
-                 f"records alone ({d['new_s'] / d['insert_select_s']:.1f} x one INSERT ... "
-                 f"SELECT of {d['files']} rows, {d['insert_select_s']:.3f} s); the same "
-                 f"mapping again {d['repeat_s']:.3f} s, without a tenth of the files "
-                 f"{d['shrink_s']:.3f} s")
-    k = r["rotation"]
-    lines.append(f"key rotation: ega-admin keys rotate --all over {k['files']} files "
-                 f"{k['all_s']:.2f} s ({k['files_per_s']:.0f} files/s; the command itself, "
-                 f"requests recorded and messages sent, {k['sent_s']:.2f} s); one file of "
-                 f"{k['big_mib']} MiB alone {k['big_s']:.3f} s, one of 1 KiB {k['small_s']:.3f}"
-                 " s (medians of 3, each command to done)")
-    return "\n".join(lines)
+    return (f"a dataset mapping of {d['files']} ready files: {d['worker_s']:.2f} s through "
+            f"the datasets worker (message sent -> applied), {d['new_s']:.3f} s for the "
+            f"records alone ({d['new_s'] / d['insert_select_s']:.1f} x one INSERT ... "
+            f"SELECT of {d['files']} rows, {d['insert_select_s']:.3f} s); the same "
+            f"mapping again {d['repeat_s']:.3f} s, without a tenth of the files "
+            f"{d['shrink_s']:.3f} s")
 
 
 def main():
@@ -591,25 +638,37 @@ def main():
     parser.add_argument("--dataset-files", type=int, default=10_000)
     parser.add_argument("--rotation-files", type=int, default=999,
                         help="small files rotated with --all (with the big one: 1,000)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, metavar="PART",
+                        help="run only these parts: " + ", ".join(PARTS))
     args = parser.parse_args()
+    only = set(args.only or PARTS)
     with tempfile.TemporaryDirectory(prefix="lega-bench-", dir=ROOT / "bench") as tmp:
         work = Path(tmp)
         keys = make_keys(work / "keys")
         results = {"cores": os.cpu_count(), "args": vars(args), "ratios": {}}
-        results["one_file"] = one_file(work, keys, args.size_mib, args.rounds)
-        results["big_file_rss_mib"] = big_file_rss(work, keys, args.big_mib)
-        results.update(small_files_rounds(work, keys, args.small_count, args.small_kib,
-                                          args.rounds))
-        results["two_ingests"] = two_ingests(work, keys, args.size_mib)
-        results["backup"] = backup_cost(work, keys, args.size_mib)
-        results["datasets"] = dataset_mapping(work, keys, args.dataset_files)
-        results["rotation"] = rotation(work, keys, args.rotation_files, args.size_mib)
+        if "one_file" in only:
+            results["one_file"] = one_file(work, keys, args.size_mib, args.rounds)
+        if "big_file_rss" in only:
+            results["big_file_rss_mib"] = big_file_rss(work, keys, args.big_mib)
+        if "small_files" in only:
+            results.update(small_files_rounds(work, keys, args.small_count, args.small_kib,
+                                              args.rounds))
+        if "two_ingests" in only:
+            results["two_ingests"] = two_ingests(work, keys, args.size_mib)
+        if "backup" in only:
+            results["backup"] = backup_cost(work, keys, args.size_mib)
+        if "datasets" in only:
+            results["datasets"] = dataset_mapping(work, keys, args.dataset_files)
+        if "rotation" in only:
+            results["rotation"] = rotation(work, keys, args.rotation_files, args.size_mib)
     table = report(results, args)
     print(table)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    (out / "bench.md").write_text(table + "\n")
+    # a run of some parts does not overwrite the figures of a whole one
+    name = "bench" if only == set(PARTS) else "bench-" + "-".join(p for p in PARTS if p in only)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{name}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
