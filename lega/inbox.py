@@ -54,8 +54,15 @@ class InboxFile:
     def copy_to(self, fd, count):
         """Copy up to ``count`` bytes, on from what was read, to the end of the file
         ``fd``, in the kernel (nothing passes through this process); the number copied,
-        0 at the end. OSError if the kernel cannot copy between the two."""
-        copied = os.copy_file_range(self.stream.fileno(), fd, count)
+        0 at the end. OSError if the kernel cannot copy between the two. What was copied
+        leaves the page cache (it is not read again): an upload of 100 GB does not push
+        everything else out of it, and the next range is copied into pages the kernel
+        has just freed rather than new ones (on a virtual machine, memory the host has
+        not yet backed is slow to touch the first time)."""
+        fileno = self.stream.fileno()
+        copied = os.copy_file_range(fileno, fd, count)
+        if copied:
+            os.posix_fadvise(fileno, self.read_so_far, copied, os.POSIX_FADV_DONTNEED)
         self.read_so_far += copied
         return copied
 

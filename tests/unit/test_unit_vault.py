@@ -206,23 +206,30 @@ def test_a_file_that_grows_while_copied_is_noticed(tmp_path, upload):
 def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, upload,
                                                                   monkeypatch):
     """Every range but the last is handed to the disk's writeback as soon as the next
-    one is copied (the final fsync is left with one range), in order, none skipped."""
+    one is copied (the final fsync is left with one range), in order, none skipped; the
+    same call drops the range before it, written by then, from the page cache. Each
+    range of the upload leaves the page cache once copied."""
     monkeypatch.setattr(vault_module, "KERNEL_RANGE", 4 * MIB)
     advised, real = [], os.posix_fadvise
 
     def spy(fd, offset, length, advice):
-        advised.append((offset, length, advice))
+        advised.append((fd, offset, length, advice))
         real(fd, offset, length, advice)
 
-    monkeypatch.setattr(vault_module.os, "posix_fadvise", spy)
+    monkeypatch.setattr(os, "posix_fadvise", spy)  # the inbox's and the vault's
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
     with stream, vault.writer("ab/file") as out:
         append_all(out, stream)
+        ours, theirs = out.f.fileno(), stream.stream.fileno()
         out.commit()
-    body = len(upload) - 124
-    assert advised == [(at, 4 * MIB, os.POSIX_FADV_DONTNEED)
-                       for at in range(0, body - body % (4 * MIB), 4 * MIB)]
+    body, dontneed = len(upload) - 124, os.POSIX_FADV_DONTNEED
+    ends = range(4 * MIB, body - body % (4 * MIB) + 1, 4 * MIB)
+    assert [a[1:] for a in advised if a[0] == ours] == [
+        (max(0, end - 8 * MIB), min(end, 8 * MIB), dontneed) for end in ends]
+    assert [a[1:] for a in advised if a[0] == theirs] == [
+        (124 + at, min(4 * MIB, body - at), dontneed) for at in range(0, body, 4 * MIB)]
+    assert {a[0] for a in advised} == {ours, theirs}
 
 
 def test_a_file_cut_short_while_copied_is_noticed(tmp_path, upload):
