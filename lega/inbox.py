@@ -55,10 +55,11 @@ class InboxFile:
         """Copy up to ``count`` bytes, on from what was read, to the end of the file
         ``fd``, in the kernel (nothing passes through this process); the number copied,
         0 at the end. OSError if the kernel cannot copy between the two. What was copied
-        leaves the page cache (it is not read again): an upload of 100 GB does not push
-        everything else out of it, and the next range is copied into pages the kernel
-        has just freed rather than new ones (on a virtual machine, memory the host has
-        not yet backed is slow to touch the first time)."""
+        leaves the page cache (ingest does not read it again): the vault file's next
+        pages are then the ones the kernel has just freed rather than new ones (on a
+        virtual machine, memory the host has not backed yet is slow to touch the first
+        time), and an upload of 100 GB does not push everything else out of the cache.
+        The vault file's pages stay, for verify to read."""
         fileno = self.stream.fileno()
         copied = os.copy_file_range(fileno, fd, count)
         if copied:

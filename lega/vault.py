@@ -156,13 +156,8 @@ class _PosixWriter(VaultWriter):
     def _write_behind(self, end):
         """Start writing the range before ``end`` to the disk now (on Linux, DONTNEED
         starts the writeback of a range's dirty pages), while the next one is copied and
-        checksummed, rather than all of it at the final fsync; the fsync still waits.
-        The same call drops the range before that one, on the disk by then, from the
-        page cache (DONTNEED frees clean pages no one maps; a page still being written,
-        or mapped by a checksum thread, stays): the page cache holds a few ranges of the
-        object, not all of it, and the next ranges are copied into pages the kernel has
-        just freed (on a virtual machine, new memory is slow to touch the first time)."""
-        start = max(0, end - 2 * KERNEL_RANGE)
+        checksummed, rather than all of it at the final fsync; the fsync still waits."""
+        start = max(0, end - KERNEL_RANGE)
         if end > start:
             os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
 
