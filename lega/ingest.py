@@ -44,10 +44,7 @@ def ingest(worker, ctx, trigger):
     with upload, contextlib.ExitStack() as threads:
         LOG.info("found in the inbox (%d bytes): ingestion starts", size)
         ctx.bytes = size
-        if worker.config["cega.send_processing"]:  # not part of today's interface
-            ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
-                        {"user": user, "filepath": filepath, "status": "processing"},
-                        wait=False)
+        tell_processing(worker, ctx, user, filepath)
 
         # checksums on threads of their own, while this one reads and writes: the whole
         # upload's sha256 (and md5 only when Central EGA gave one to compare), the body's
@@ -85,7 +82,18 @@ def ingest(worker, ctx, trigger):
         else:  # another worker archived the same upload first: its object is this one
             LOG.info("another worker archived it meanwhile (now %s): nothing to do", now)
         return
+    # Central EGA hears "processing" before verify can say "verified": should that message
+    # be lost (the broker's node lost under us), the step fails here, and its next attempt
+    # finds the file archived and sends it again (already_ingested)
+    ctx.settle()
     hand_over_to_verify(ctx, file["id"], user, filepath, archive_path, archived)
+
+
+def tell_processing(worker, ctx, user, filepath):
+    if worker.config["cega.send_processing"]:  # not part of today's interface
+        ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
+                    {"user": user, "filepath": filepath, "status": "processing"},
+                    wait=False)
 
 
 def hand_over_to_verify(ctx, file_id, user, filepath, archive_path, archived):
@@ -102,11 +110,14 @@ def hand_over_to_verify(ctx, file_id, user, filepath, archive_path, archived):
 def already_ingested(worker, ctx, file):
     """The same trigger again: nothing changes, no second copy. After a crash between
     our commit and our hand-over (the broker redelivers), or a commit that was done
-    though the database could not say so (its primary failed over: we retried), hand
+    though the database could not say so (its primary failed over: we retried), or a
+    ``files.processing`` the broker did not confirm, tell Central EGA again and hand
     over again."""
     if (ctx.redelivered or ctx.attempt > 1) and file["status"] == "archived":
         LOG.info("an earlier attempt may have archived it and stopped before handing over: "
-                 "handing over to verify again")
+                 "telling Central EGA it is processing and handing over to verify again")
+        tell_processing(worker, ctx, file["submission_user"], file["filepath"])
+        ctx.settle()
         hand_over_to_verify(ctx, file["id"], file["submission_user"], file["filepath"],
                             file["archive_path"], worker.db.checksums(file["id"], "archived"))
     else:

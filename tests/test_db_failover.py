@@ -288,5 +288,9 @@ def test_a_commit_whose_answer_is_lost_is_carried_on(failover_stack, worker, sta
             assert "OperationalError" in (stack.root / f"{worker}-other.log").read_text()
             assert [e["status"] for e in report["history"]] == HISTORY, report["history"]
             assert parked(stack) == 0
+            if worker == "ingest":  # the retry tells Central EGA again, before verify can
+                sent = [rk for rk, _, _ in stack.cega.messages(user, "lost-commit.c4gh")]
+                assert sent == ["files.processing", "files.processing", "files.verified",
+                                "files.completed"], sent
     finally:
         proxy.close()
