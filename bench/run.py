@@ -14,9 +14,9 @@ interleaved rounds with their baselines (A B, then B A, ...), each from a cold c
 and medians are compared, with the spread (lowest, highest) beside them.
 
 - ingest of one file (trigger -> archived) against `cp` of it into a folder + `sync`,
-  and ingest's CPU time (all threads, and each) a GiB, beside what no ingest can spend
-  less than on this machine now: the two sha256 in memory, cp's own CPU time, and the
-  kernel's time to hand out a GiB of new memory (slow on a virtual machine at times);
+  and ingest's CPU time (all threads, and each) a GiB, beside what its parts cost on
+  this machine now: the two sha256 in memory, cp's own CPU time, and the kernel's time
+  to hand out a GiB of new memory (slow on a virtual machine at times);
 - verify of it (archived -> verified) against `openssl dgst -md5` of the plaintext and
   `crypt4gh decrypt | tee >(md5sum) | sha256sum`;
 - peak RSS of every worker after those rounds, and after a big file;

@@ -58,7 +58,7 @@ class InboxFile:
         leaves the page cache (ingest does not read it again): the vault file's next
         pages are then the ones the kernel has just freed rather than new ones (on a
         virtual machine, memory the host has not backed yet is slow to touch the first
-        time), and an upload of 100 GB does not push everything else out of the cache.
+        time), and an upload of 100 GB does not fill the cache twice over.
         The vault file's pages stay, for verify to read."""
         fileno = self.stream.fileno()
         copied = os.copy_file_range(fileno, fd, count)

@@ -91,8 +91,8 @@ def ingest(worker, ctx, trigger):
 
 def tell_processing(worker, ctx, user, filepath):
     if worker.config["cega.send_processing"]:  # not part of today's interface
-        ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed by the end
-                    {"user": user, "filepath": filepath, "status": "processing"},
+        ctx.to_cega("files.processing", messages.PROCESSING,  # confirmed before the
+                    {"user": user, "filepath": filepath, "status": "processing"},  # hand-over
                     wait=False)
 
 
