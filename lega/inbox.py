@@ -6,6 +6,7 @@ and nothing outside the folder is ever opened. The inbox is a folder (``posix``)
 S3 bucket with one prefix per user (``s3``).
 """
 
+import contextlib
 import errno
 import os
 import stat
@@ -62,9 +63,12 @@ class InboxFile:
         The vault file's pages stay, for verify to read."""
         fileno = self.stream.fileno()
         copied = os.copy_file_range(fileno, fd, count)
-        if copied:
-            os.posix_fadvise(fileno, self.read_so_far, copied, os.POSIX_FADV_DONTNEED)
         self.read_so_far += copied
+        if copied:
+            # a hint: refused, it must not pass for a copy the kernel could not make
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fileno, self.read_so_far - copied, copied,
+                                 os.POSIX_FADV_DONTNEED)
         return copied
 
     def check_unchanged(self):

@@ -7,6 +7,7 @@ object: a crash or an ``abort`` leaves nothing under the file's name.
 """
 
 import collections
+import contextlib
 import errno
 import hashlib
 import logging
@@ -159,7 +160,8 @@ class _PosixWriter(VaultWriter):
         checksummed, rather than all of it at the final fsync; the fsync still waits."""
         start = max(0, end - KERNEL_RANGE)
         if end > start:
-            os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # a hint: refused, the fsync does it all
+                os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
 
     def _mapped(self, offset, length, chunk_size):
         """The file's bytes ``offset`` to ``offset + length`` as pieces of ``chunk_size``,

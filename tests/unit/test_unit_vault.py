@@ -231,6 +231,25 @@ def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, uploa
     assert {a[0] for a in advised} == {ours, theirs}
 
 
+def test_a_page_cache_hint_refused_changes_nothing(tmp_path, upload, monkeypatch):
+    """Dropping the upload's copied pages, and starting the vault's writeback early, are
+    hints: a file system that refuses them (EINVAL, the errno of a copy the kernel cannot
+    make) still gets the body once, whole."""
+    def refuse(fd, offset, length, advice):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    vault = PosixVault(tmp_path / "vault")
+    stream = opened(tmp_path)
+    with stream, vault.writer("ab/file") as out:
+        joined, digest, _ = append_all(out, stream)
+        stream.check_unchanged()
+        out.commit()
+    body = upload[124:]
+    assert joined == body and (tmp_path / "vault" / "ab" / "file").read_bytes() == body
+    assert digest == hashlib.sha256(body).hexdigest()
+
+
 def test_a_file_cut_short_while_copied_is_noticed(tmp_path, upload):
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
