@@ -6,7 +6,8 @@ while the step reads, writes and decrypts (hashlib releases the GIL on large dat
         sha.feed(chunk)        # waits only when the thread is several chunks behind
     sha.result()               # {"sha256": "..."}
 
-Fed objects must not change afterwards (bytes, or a buffer not reused). Given a
+Fed objects must not change until hashed: bytes, a buffer not reused, or a buffer
+reused only once ``after(callback)``, called after it was fed, has called back. Given a
 ``size_hint`` under ``THREAD_ABOVE``, it hashes inline instead: for a small file a
 thread costs more than it saves. With ``nice``, the thread yields the cores to the
 others when they are short (Linux keeps a nice value per thread): verify gives md5,
@@ -41,6 +42,9 @@ class Checksummer:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while (data := self._queue.get()) is not None:
             try:
+                if callable(data):  # after(): all fed before it is hashed (bytes and
+                    data()          # buffers are never callable)
+                    continue
                 for h in self.hashes.values():
                     h.update(data)
             except Exception as e:  # reported by result()
@@ -54,6 +58,14 @@ class Checksummer:
                     h.update(data)
             else:
                 self._queue.put(data)
+
+    def after(self, callback):
+        """Call ``callback()`` once everything fed so far is hashed (on the hashing
+        thread; at once when hashing inline): a buffer fed can then be used again."""
+        if self._thread is None:
+            callback()
+        else:
+            self._queue.put(callback)
 
     def result(self):
         """Wait for what was fed; the hex digests by algorithm."""
