@@ -52,24 +52,17 @@ class InboxFile:
         self.read_so_far += len(data)
         return data
 
-    def copy_to(self, fd, count):
-        """Copy up to ``count`` bytes, on from what was read, to the end of the file
-        ``fd``, in the kernel (nothing passes through this process); the number copied,
-        0 at the end. OSError if the kernel cannot copy between the two. What was copied
-        leaves the page cache (ingest does not read it again): the vault file's next
-        pages are then the ones the kernel has just freed rather than new ones (on a
-        virtual machine, memory the host has not backed yet is slow to touch the first
-        time), and an upload of 100 GB does not fill the cache twice over.
-        The vault file's pages stay, for verify to read."""
+    def readinto(self, buffer):
+        """Read into ``buffer``, on from what was read; how many bytes, 0 at the end. What
+        was read leaves the page cache (ingest does not read it again): an upload of
+        100 GB does not push everything else out of the cache."""
         fileno = self.stream.fileno()
-        copied = os.copy_file_range(fileno, fd, count)
-        self.read_so_far += copied
-        if copied:
-            # a hint: refused, it must not pass for a copy the kernel could not make
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fileno, self.read_so_far - copied, copied,
-                                 os.POSIX_FADV_DONTNEED)
-        return copied
+        got = self.stream.readinto(buffer)
+        self.read_so_far += got
+        if got:
+            with contextlib.suppress(OSError):  # a hint
+                os.posix_fadvise(fileno, self.read_so_far - got, got, os.POSIX_FADV_DONTNEED)
+        return got
 
     def check_unchanged(self):
         if self._identity() != self._before or self.read_so_far != self.size:

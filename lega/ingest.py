@@ -4,9 +4,8 @@ For each message on the ``files`` queue, if the file is found in the inbox, Cent
 is told that ingestion started (unless ``cega.send_processing`` is off: today's Central
 EGA drops that message). The worker reads the Crypt4GH header off the file and
 puts it in the database, and appends the remainder (the encrypted body) to the vault
-object, checksumming the bytes as they stand in the vault (an upload in a POSIX inbox is
-copied into a POSIX vault by the kernel, and its pages there are checksummed where they
-are). No decryption key is used in this step. When the body is in
+object, checksumming the bytes as they stand in the vault (in a POSIX vault, the buffer
+the disk is given them from). No decryption key is used in this step. When the body is in
 the vault, the file is handed over to verify on the ``archived`` queue.
 
 A ``cancel`` on the same queue removes the archived copy (and its backup copy) and
@@ -60,10 +59,9 @@ def ingest(worker, ctx, trigger):
         retry = ctx.redelivered or ctx.attempt > 1 or not created  # clean up after it
         with worker.vault.writer(archive_path, size - len(header), retry) as vault_object:
             progress = Progress("archiving", size, worker.config["log.progress_interval"])
-            for piece in vault_object.append(upload, worker.config["ingest.chunk_size"]):
-                for checksummer in (*whole, body):
-                    checksummer.feed(piece)
-                progress.add(len(piece))
+            for appended in vault_object.append(upload, worker.config["ingest.chunk_size"],
+                                                (*whole, body)):
+                progress.add(appended)
             upload.check_unchanged()  # what we read is the whole upload, as it was
             uploaded = {k: v for checksummer in whole for k, v in checksummer.result().items()}
             check_encrypted_checksums(given, uploaded)

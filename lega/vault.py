@@ -9,7 +9,9 @@ object: a crash or an ``abort`` leaves nothing under the file's name.
 import collections
 import contextlib
 import errno
+import fcntl
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -25,11 +27,15 @@ from . import s3
 
 LOG = logging.getLogger(__name__)
 COPY_CHUNK = 8 * 1024 * 1024  # read and written at a time when copying between stores
-KERNEL_RANGE = 8 * 1024 * 1024  # copied in the kernel, then mapped for hashing, at a time
 # what copy_file_range says when it cannot copy between these two files
 NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-# a range's pages mapped in one go (Linux), not one fault at a time by the hashing threads
-MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# an upload is appended through a few buffers used in turn, this large: ingest's memory
+BUFFER_SIZE, BUFFERS = 8 * 1024 * 1024, 3
+# O_DIRECT wants offsets, lengths and addresses aligned to the disk's block (512 or 4096
+# bytes): a page is both (the buffers are mapped, so page-aligned)
+DIRECT_ALIGN = mmap.PAGESIZE
+# a file read through is read ahead into a few buffers, this large
+READ_AHEAD_SIZE, READ_AHEAD_BUFFERS = 2 * 1024 * 1024, 4
 
 
 class VaultWriter:
@@ -38,13 +44,15 @@ class VaultWriter:
     def write(self, chunk):
         raise NotImplementedError
 
-    def append(self, source, chunk_size):
-        """Append the rest of the stream ``source``; yields what was appended, piece by
-        piece, as it now stands in the object, for the caller to checksum (a piece stays
-        valid while it is referenced)."""
+    def append(self, source, chunk_size, readers):
+        """Append the rest of the stream ``source``, feeding every piece appended, as it
+        now stands in the object, to each of ``readers`` (checksummers: ``feed``,
+        ``after``); yields each piece's size, for progress."""
         while chunk := source.read(chunk_size):
             self.write(chunk)
-            yield chunk
+            for reader in readers:
+                reader.feed(chunk)
+            yield len(chunk)
 
     def commit(self):
         """Make the object visible under its name, durably."""
@@ -77,6 +85,11 @@ class Vault:
     def open(self, archive_path):
         """A binary stream of the object; FileNotFoundError if there is none."""
         raise NotImplementedError
+
+    def open_to_read_through(self, archive_path):
+        """``open``, for a reader that reads the whole object, in order (it may be read
+        ahead)."""
+        return self.open(archive_path)
 
     def size(self, archive_path):
         raise NotImplementedError
@@ -112,81 +125,94 @@ class _PosixWriter(VaultWriter):
             LOG.info("removing %s, left by an earlier attempt", stale.name)
             stale.unlink(missing_ok=True)
         self.tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.part"
-        # read too: what was appended is mapped for the caller to checksum
-        fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-        self.f = os.fdopen(fd, "r+b", buffering=0)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self.f = os.fdopen(fd, "wb", buffering=0)
+        self.direct = None  # the same file opened O_DIRECT, by append
         self.size = 0
 
     def write(self, chunk):
         view = memoryview(chunk)
         while view:
-            written = self.f.write(view)
+            written = os.pwrite(self.f.fileno(), view, self.size)
             self.size += written
             view = view[written:]
 
-    def append(self, source, chunk_size):
-        """From a source that can copy itself into a file (an upload in a POSIX inbox:
-        ``copy_to``), the bytes are copied in the kernel, a range at a time, and each
-        range is then read where it now is, the file's pages mapped, not copied out: one
-        copy of the bytes instead of two (read, then write), and what the caller
-        checksums is what the file holds. Anything else, or a kernel that cannot copy
-        between these two files, is read and written."""
-        copy_to = getattr(source, "copy_to", None)
-        if copy_to is not None:
-            for offset, copied in self._copied_in_kernel(copy_to, KERNEL_RANGE):
-                self._write_behind(offset)
-                yield from self._mapped(offset, copied, chunk_size)
-        yield from super().append(source, chunk_size)
-
-    def _copied_in_kernel(self, copy_to, range_size):
-        """Append ranges copied by ``copy_to(fd, count)`` (copy_file_range) until the end,
-        or until the kernel cannot copy between the two files; yields each range's offset
-        and length. The caller reads and writes whatever is left."""
-        while True:
-            try:
-                copied = copy_to(self.f.fileno(), range_size)
-            except OSError as e:
-                if e.errno not in NO_KERNEL_COPY:
-                    raise
-                return
-            if not copied:  # the end, or a file system that copies nothing: read to see
-                return
-            self.size += copied
-            yield self.size - copied, copied
-
-    def _write_behind(self, end):
-        """Start writing the range before ``end`` to the disk now (on Linux, DONTNEED
-        starts the writeback of a range's dirty pages), while the next one is copied and
-        checksummed, rather than all of it at the final fsync; the fsync still waits."""
-        start = max(0, end - KERNEL_RANGE)
-        if end > start:
-            with contextlib.suppress(OSError):  # a hint: refused, the fsync does it all
-                os.posix_fadvise(self.f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
-
-    def _mapped(self, offset, length, chunk_size):
-        """The file's bytes ``offset`` to ``offset + length`` as pieces of ``chunk_size``,
-        views of its pages mapped read-only; the mapping goes once no piece is
-        referenced (so what is mapped is what the caller still holds)."""
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        try:
-            pages = mmap.mmap(self.f.fileno(), offset + length - start, MAP_FLAGS,
-                              mmap.PROT_READ, offset=start)
-        except OSError:  # a file system that cannot map files: the range read back
-            for at in range(offset, offset + length, chunk_size):
-                yield _pread_exactly(self.f.fileno(), min(chunk_size, offset + length - at), at)
+    def append(self, source, chunk_size, readers):
+        """From a source that reads into a buffer (``readinto``: an upload in a POSIX
+        inbox, or in S3), the bytes are read into a few buffers used in turn, fed from
+        there to ``readers``, and written from there with O_DIRECT where the file system
+        allows it: the disk takes them from the buffer, not through the page cache, so
+        that the bytes are copied once in all (the read) and what the readers hash is
+        what was written. A buffer is filled again only once written and let go by every
+        reader (``after``). An upload of 100 GB takes no more memory than the buffers,
+        and evicts nothing from the page cache."""
+        if not hasattr(source, "readinto"):
+            yield from super().append(source, chunk_size, readers)
             return
-        view = memoryview(pages)
-        del pages  # kept by the views
-        for at in range(offset - start, offset - start + length, chunk_size):
-            yield view[at:min(at + chunk_size, offset - start + length)]
+        free = queue.SimpleQueue()  # buffers that nobody holds
+        for _ in range(BUFFERS):
+            free.put(mmap.mmap(-1, BUFFER_SIZE))  # touched only as far as filled
+        while True:
+            buffer = free.get()
+            filled = _read_into(source, buffer)
+            if not filled:
+                return
+            view = memoryview(buffer)[:filled]
+            for at in range(0, filled, chunk_size):
+                piece = view[at:at + chunk_size]
+                for reader in readers:
+                    reader.feed(piece)
+                yield len(piece)
+            let_go = _countdown(len(readers) + 1, lambda buffer=buffer: free.put(buffer))
+            for reader in readers:
+                reader.after(let_go)
+            self._write_direct(view)
+            let_go()
+
+    def _write_direct(self, view):
+        """Write ``view`` at the end of the file, its aligned part with O_DIRECT where the
+        file system takes it (else, as the rest, through the page cache)."""
+        aligned = len(view) - len(view) % DIRECT_ALIGN
+        if aligned and self.size % DIRECT_ALIGN == 0 and self._direct() is not None:
+            try:
+                written = os.pwrite(self.direct, view[:aligned], self.size)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                LOG.info("the vault's file system refuses O_DIRECT writes: writing through "
+                         "the page cache")
+                self._close_direct()
+            else:
+                self.size += written
+                view = view[written:]
+        self.write(view)
+
+    def _direct(self):
+        """The file opened O_DIRECT (once); None where the file system has no such thing."""
+        if self.direct is None:
+            self.direct = -1
+            if hasattr(os, "O_DIRECT"):
+                try:
+                    self.direct = os.open(self.tmp, os.O_WRONLY | os.O_DIRECT)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+        return self.direct if self.direct >= 0 else None
 
     def copy_file(self, fd, on_copied=None):
         """Append what the file ``fd`` holds (from its offset), copied in the kernel (no
         user-space copy) where the kernel can, else read and written."""
-        def copy_to(out, count):
-            return os.copy_file_range(fd, out, count)
-
-        for _, copied in self._copied_in_kernel(copy_to, COPY_CHUNK * 8):
+        while True:
+            try:
+                copied = os.copy_file_range(fd, self.f.fileno(), COPY_CHUNK * 8,
+                                            offset_dst=self.size)
+            except OSError as e:
+                if e.errno not in NO_KERNEL_COPY:
+                    raise
+                break
+            if not copied:  # the end, or a file system that copies nothing: read to see
+                break
+            self.size += copied
             if on_copied is not None:
                 on_copied(copied)
         while chunk := os.read(fd, COPY_CHUNK):  # on from where the kernel stopped
@@ -194,14 +220,20 @@ class _PosixWriter(VaultWriter):
             if on_copied is not None:
                 on_copied(len(chunk))
 
+    def _close_direct(self):
+        if self.direct is not None and self.direct >= 0:
+            os.close(self.direct)
+        self.direct = -1
+
     def commit(self):
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        self._close_direct()
+        os.fsync(self.f.fileno())  # what was written O_DIRECT too: it is the same file
         self.f.close()
         os.rename(self.tmp, self.final)
         _fsync_dir(self.final.parent)
 
     def abort(self):
+        self._close_direct()
         if not self.f.closed:
             self.f.close()
         try:
@@ -210,14 +242,26 @@ class _PosixWriter(VaultWriter):
             pass
 
 
-def _pread_exactly(fd, size, offset):
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise OSError(errno.EIO, f"the file ended {size - len(data)} bytes early")
-        data += more
-    return data
+def _read_into(source, buffer):
+    """Fill ``buffer`` from ``source`` (short only at its end); how many bytes."""
+    view, filled = memoryview(buffer), 0
+    while filled < len(view) and (got := source.readinto(view[filled:])):
+        filled += got
+    return filled
+
+
+def _countdown(count, then):
+    """A callable that calls ``then()`` the ``count``-th time it is called (from any
+    thread)."""
+    lock, left = threading.Lock(), [count]
+
+    def tick():
+        with lock:
+            left[0] -= 1
+            done = left[0] == 0
+        if done:
+            then()
+    return tick
 
 
 READ_BACK_RANGE = 32 * 1024 * 1024  # written to the disk, then read back, at a time
@@ -289,6 +333,87 @@ class _ReadBack:
         os.close(self.fd)
 
 
+class _ReadAhead(io.RawIOBase):
+    """A file read from start to end, ahead of the reader, on a thread of its own, with
+    O_DIRECT where the file system allows it: the disk puts the bytes into a few buffers
+    used in turn rather than into the page cache (ingest wrote them past it, and filling
+    it costs a copy's worth of CPU), and reading overlaps the reader's work. ``read``
+    gives copies; a buffer goes back to the thread once read out."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.fd = os.open(path, os.O_RDONLY)
+        if hasattr(os, "O_DIRECT"):
+            with contextlib.suppress(OSError):  # a file system without it: the page cache
+                fcntl.fcntl(self.fd, fcntl.F_SETFL,
+                            fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
+        self.filled = queue.Queue()   # (buffer, length) in order; (None, error) at the end
+        self.free = queue.Queue()
+        for _ in range(READ_AHEAD_BUFFERS):
+            self.free.put(mmap.mmap(-1, READ_AHEAD_SIZE))
+        self.current, self.at, self.ended, self.stopping = None, 0, False, False
+        self.thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def readable(self):
+        return True
+
+    def _run(self):
+        offset = 0
+        try:
+            while not self.stopping and (buffer := self.free.get()) is not None:
+                got = self._pread(buffer, offset)
+                self.filled.put((buffer, got))
+                if not got:
+                    return
+                offset += got
+        except Exception as e:  # raised to the reader
+            self.filled.put((None, e))
+
+    def _pread(self, buffer, offset):
+        try:
+            return os.preadv(self.fd, [buffer], offset)
+        except OSError as e:  # O_DIRECT refused here (an unaligned offset after a short
+            if e.errno != errno.EINVAL:  # read): on through the page cache
+                raise
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            if not flags & getattr(os, "O_DIRECT", 0):
+                raise
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            return os.preadv(self.fd, [buffer], offset)
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(READ_AHEAD_SIZE), b""))
+        while not self.ended and (self.current is None or self.at == self.current[1]):
+            if self.current is not None:
+                self.free.put(self.current[0])
+            self.current, self.at = self.filled.get(), 0
+            if self.current[0] is None:
+                self.ended = True
+                raise self.current[1]
+            self.ended = self.current[1] == 0
+        if self.ended:
+            return b""
+        buffer, length = self.current
+        piece = buffer[self.at:min(self.at + size, length)]
+        self.at += len(piece)
+        return piece
+
+    def readinto(self, buffer):
+        piece = self.read(len(buffer))
+        buffer[:len(piece)] = piece
+        return len(piece)
+
+    def close(self):
+        if not self.closed:
+            self.stopping = True  # the thread stops before its next buffer
+            self.free.put(None)
+            self.thread.join()
+            os.close(self.fd)
+        super().close()
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -318,6 +443,9 @@ class PosixVault(Vault):
 
     def open(self, archive_path):
         return open(self._file(archive_path), "rb")
+
+    def open_to_read_through(self, archive_path):
+        return _ReadAhead(self._file(archive_path))
 
     def size(self, archive_path):
         return self._file(archive_path).stat().st_size

@@ -122,7 +122,7 @@ def decrypt_and_check(vault, file, keys, recorded, progress_interval=0, on_read=
                              f"not {file['archive_size']} as archived")
 
     # the checksums run on threads of their own while this one reads and decrypts
-    with contextlib.ExitStack() as threads, vault.open(archive_path) as stream:
+    with contextlib.ExitStack() as threads, vault.open_to_read_through(archive_path) as stream:
         size = file["archive_size"]
         archived = threads.enter_context(Checksummer("sha256", size_hint=size,
                                                      nice=SHA256_NICE))

@@ -40,7 +40,7 @@ def test_the_user_space_copy_where_the_kernel_cannot(stores, monkeypatch):
     data = os.urandom(vault.COPY_CHUNK + 7)
     put(source, "x", data)
 
-    def refuse(*args):
+    def refuse(*args, **kwargs):
         raise OSError(18, "Invalid cross-device link")  # EXDEV
     monkeypatch.setattr(os, "copy_file_range", refuse)
     target.copy_from(source, "x", "x", len(data))

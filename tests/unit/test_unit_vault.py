@@ -1,16 +1,21 @@
-"""Appending an upload to a POSIX vault object (lega.vault._PosixWriter.append): copied
-in the kernel from a POSIX inbox, the pieces given back for checksumming are the vault
-file's own pages, mapped, and what is mapped stays bounded; anything the kernel cannot
-copy is read and written, with the same result."""
+"""Appending an upload to a POSIX vault object (lega.vault._PosixWriter.append): read
+into a few buffers used in turn, fed from there to the readers (the checksummers), and
+written from there with O_DIRECT; a buffer is filled again only once every reader has
+let it go. Where the file system refuses O_DIRECT, the same bytes go through the page
+cache. And a vault object read through (verify), read ahead with O_DIRECT."""
 
 import errno
 import hashlib
 import io
 import os
+import queue
+import threading
+import time
 
 import pytest
 
 from lega import vault as vault_module
+from lega.checksums import Checksummer
 from lega.errors import UserError
 from lega.inbox import PosixInbox
 from lega.vault import PosixVault
@@ -20,8 +25,8 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def upload(tmp_path):
-    """An upload of 21 MiB and 3 bytes (three kernel ranges, the last one short), with
-    a 124-byte 'header' before the body."""
+    """An upload of 21 MiB and 3 bytes (three buffers of 8 MiB, the last one short),
+    with a 124-byte 'header' before the body."""
     data = os.urandom(21 * MIB + 3 + 124)
     (tmp_path / "inbox" / "alice").mkdir(parents=True)
     (tmp_path / "inbox" / "alice" / "file.c4gh").write_bytes(data)
@@ -30,168 +35,256 @@ def upload(tmp_path):
 
 def opened(tmp_path):
     stream, _ = PosixInbox(tmp_path / "inbox").open("alice", "file.c4gh")
-    assert stream.read(124) == stream_header(tmp_path)
+    assert stream.read(124) == (tmp_path / "inbox" / "alice" / "file.c4gh").read_bytes()[:124]
     return stream
 
 
-def stream_header(tmp_path):
-    return (tmp_path / "inbox" / "alice" / "file.c4gh").read_bytes()[:124]
+def direct_io_here(path):
+    """Whether the file system of ``path`` takes O_DIRECT (tmpfs, before Linux 6.6, not)."""
+    probe = path / ".probe"
+    probe.touch()
+    try:
+        os.close(os.open(probe, os.O_RDONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
 
 
-def append_all(writer, source, chunk_size=MIB):
-    """The pieces' bytes and sha256, hashed as a checksummer would (views, not copies)."""
-    sha, kinds, joined = hashlib.sha256(), set(), bytearray()
-    for piece in writer.append(source, chunk_size):
-        sha.update(piece)
-        joined += piece
-        kinds.add(type(piece))
-    return bytes(joined), sha.hexdigest(), kinds
+class Recorder:
+    """A reader as a checksummer is one (``feed``, ``after``), on a thread of its own
+    and ``delay`` seconds slow a piece: what it saw, copied when it got to it."""
+
+    def __init__(self, delay=0.0):
+        self.delay, self.seen, self.queue = delay, bytearray(), queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (item := self.queue.get()) is not None:
+            if callable(item):
+                item()
+            else:
+                time.sleep(self.delay)
+                self.seen += item
+
+    def feed(self, piece):
+        self.queue.put(piece)
+
+    def after(self, callback):
+        self.queue.put(callback)
+
+    def result(self):
+        self.queue.put(None)
+        self.thread.join()
+        return bytes(self.seen)
 
 
-def test_an_upload_is_copied_in_the_kernel_and_its_pages_in_the_vault_are_given(tmp_path,
-                                                                                  upload):
+class Spy:
+    """Every call of ``os.pwrite``: the descriptor and how many bytes."""
+
+    def __init__(self, monkeypatch):
+        self.calls, real = [], os.pwrite
+
+        def pwrite(fd, data, offset):
+            self.calls.append((fd, len(data)))
+            return real(fd, data, offset)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+
+    def bytes_to(self, fd):
+        return sum(n for f, n in self.calls if f == fd)
+
+
+def test_an_upload_is_written_with_o_direct_and_fed_to_every_reader(tmp_path, upload,
+                                                                     monkeypatch):
     vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
+    stream, spy = opened(tmp_path), Spy(monkeypatch)
+    sha, recorder = Checksummer("sha256"), Recorder()
     with stream, vault.writer("ab/file") as out:
-        joined, digest, kinds = append_all(out, stream)
-        stream.check_unchanged()  # the bytes the kernel copied count as read
+        appended = list(out.append(stream, MIB, (sha, recorder)))
+        stream.check_unchanged()  # every byte read counts
+        direct = out.direct
         out.commit()
     body = upload[124:]
-    assert joined == body and (tmp_path / "vault" / "ab" / "file").read_bytes() == body
-    assert digest == hashlib.sha256(body).hexdigest()
-    assert kinds == {memoryview}  # the vault file's pages, not bytes read into the process
-    assert out.size == len(body)
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == body
+    assert sha.result() == {"sha256": hashlib.sha256(body).hexdigest()}
+    assert recorder.result() == body
+    assert sum(appended) == len(body) == out.size and max(appended) == MIB  # for progress
+    if direct_io_here(tmp_path):  # all but the last, short page past the page cache
+        assert direct >= 0 and spy.bytes_to(direct) == len(body) - len(body) % 4096
+    assert out.direct == -1  # closed on commit
 
 
-def test_pieces_are_the_bytes_now_in_the_vault_file(tmp_path, upload):
-    """A piece is a view of the vault file: a change to the file shows in it."""
+def test_a_buffer_is_filled_again_only_once_every_reader_let_it_go(tmp_path, upload,
+                                                                    monkeypatch):
+    """A reader far behind (a slow checksum thread) still gets the bytes written, not
+    those read into its buffer after them: the writer waits for it."""
+    monkeypatch.setattr(vault_module, "BUFFER_SIZE", MIB)
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
+    fast, slow = Recorder(), Recorder(delay=0.02)
     with stream, vault.writer("ab/file") as out:
-        first = next(out.append(stream, MIB))
-        os.pwrite(out.f.fileno(), b"\0" * 4, 0)
-        assert bytes(first[:4]) == b"\0" * 4
-        out.abort()
-
-
-def test_ranges_that_start_off_a_page_boundary(tmp_path, upload, monkeypatch):
-    """Short copies (the kernel may copy less than asked) and a body appended after
-    bytes written: every range starts anywhere in a page."""
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-    real = stream.copy_to
-    monkeypatch.setattr(stream, "copy_to", lambda fd, count: real(fd, min(count, 3 * MIB + 7)))
-    with stream, vault.writer("ab/file") as out:
-        out.write(b"x" * 1001)
-        joined, digest, _ = append_all(out, stream, chunk_size=MIB + 5)
+        for _ in out.append(stream, 256 * 1024, (fast, slow)):
+            pass
         out.commit()
-    assert joined == upload[124:]
-    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == b"x" * 1001 + upload[124:]
+    body = upload[124:]
+    assert slow.result() == body and fast.result() == body
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == body
 
 
-@pytest.mark.parametrize("code", [errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
-def test_a_kernel_that_cannot_copy_between_the_two_is_read_and_written(tmp_path, upload,
-                                                                       monkeypatch, code):
+def test_an_upload_takes_no_more_memory_than_the_buffers(tmp_path, upload, monkeypatch):
+    monkeypatch.setattr(vault_module, "BUFFER_SIZE", 2 * MIB)
+    made, real = [], vault_module.mmap.mmap
+
+    def counted(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vault_module.mmap, "mmap", counted)
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
-    real, calls = stream.copy_to, []
-
-    def refuse(fd, count):
-        calls.append(count)
-        if len(calls) == 2:  # after one range: on from where the kernel stopped
-            raise OSError(code, os.strerror(code))
-        return real(fd, count)
-
-    monkeypatch.setattr(stream, "copy_to", refuse)
     with stream, vault.writer("ab/file") as out:
-        joined, _, kinds = append_all(out, stream)
-        stream.check_unchanged()
+        for _ in out.append(stream, MIB, (Recorder(delay=0.001),)):
+            pass
         out.commit()
-    assert joined == upload[124:] and bytes in kinds and memoryview in kinds
+    assert made == [(-1, 2 * MIB)] * vault_module.BUFFERS  # for 11 buffers' worth
+
+
+def test_a_file_system_without_o_direct_gets_the_same_bytes(tmp_path, upload, monkeypatch):
+    real = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    vault = PosixVault(tmp_path / "vault")
+    stream, sha = opened(tmp_path), Checksummer("sha256")
+    with stream, vault.writer("ab/file") as out:
+        for _ in out.append(stream, MIB, (sha,)):
+            pass
+        assert out.direct == -1
+        out.commit()
+    body = upload[124:]
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == body
+    assert sha.result()["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_o_direct_writes_refused_go_through_the_page_cache(tmp_path, upload, monkeypatch):
+    """A file system that opens with O_DIRECT but refuses its writes (alignment it wants
+    larger than a page): the rest is written through the page cache, once."""
+    real = os.pwrite
+
+    def refuse(fd, data, offset):
+        if fd == out.direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    vault = PosixVault(tmp_path / "vault")
+    stream = opened(tmp_path)
+    with stream, vault.writer("ab/file") as out:
+        for _ in out.append(stream, MIB, ()):
+            pass
+        out.commit()
     assert (tmp_path / "vault" / "ab" / "file").read_bytes() == upload[124:]
 
 
-def test_a_file_system_that_copies_nothing_is_read(tmp_path, upload, monkeypatch):
-    """copy_file_range answers 0 on some file systems that have data: read to see."""
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-    monkeypatch.setattr(stream, "copy_to", lambda fd, count: 0)
-    with stream, vault.writer("ab/file") as out:
-        joined, _, kinds = append_all(out, stream)
-        stream.check_unchanged()
-        out.commit()
-    assert joined == upload[124:] and kinds == {bytes}
-
-
-def test_a_file_system_that_cannot_map_files_has_the_copy_read_back(tmp_path, upload,
-                                                                   monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError(errno.ENODEV, "No such device")
-
-    monkeypatch.setattr(vault_module.mmap, "mmap", refuse)
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-    with stream, vault.writer("ab/file") as out:
-        out.write(b"x" * 1001)
-        joined, _, kinds = append_all(out, stream)
-        stream.check_unchanged()
-        out.commit()
-    assert joined == upload[124:] and kinds == {bytes}
-    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == b"x" * 1001 + upload[124:]
-
-
-def test_other_errors_of_the_copy_are_raised_and_nothing_is_left(tmp_path, upload,
-                                                                 monkeypatch):
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-
-    def broken(fd, count):
+def test_other_errors_of_the_write_are_raised_and_nothing_is_left(tmp_path, upload,
+                                                                  monkeypatch):
+    def broken(fd, data, offset):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(stream, "copy_to", broken)
+    monkeypatch.setattr(os, "pwrite", broken)
+    vault = PosixVault(tmp_path / "vault")
+    stream = opened(tmp_path)
     with pytest.raises(OSError) as info, stream, vault.writer("ab/file") as out:
-        append_all(out, stream)
+        for _ in out.append(stream, MIB, ()):
+            pass
     assert info.value.errno == errno.EIO
     assert list((tmp_path / "vault" / "ab").iterdir()) == []
 
 
-def test_a_stream_that_cannot_copy_itself_is_read_and_written(tmp_path):
+def test_a_body_appended_after_bytes_written_is_written_where_they_end(tmp_path, upload):
+    """Bytes written first leave the file's end off a page: the body goes through the
+    page cache, after them."""
     vault = PosixVault(tmp_path / "vault")
-    data = os.urandom(3 * MIB + 1)
-    with vault.writer("ab/file") as out:
-        joined, _, kinds = append_all(out, io.BytesIO(data))
+    stream, recorder = opened(tmp_path), Recorder()
+    with stream, vault.writer("ab/file") as out:
+        out.write(b"x" * 1001)
+        for _ in out.append(stream, MIB + 5, (recorder,)):
+            pass
         out.commit()
-    assert joined == data and kinds == {bytes} and out.size == len(data)
+    assert recorder.result() == upload[124:]
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == b"x" * 1001 + upload[124:]
+
+
+def test_a_stream_that_cannot_read_into_a_buffer_is_read_and_written(tmp_path):
+    class Plain:
+        def __init__(self, data):
+            self.data = io.BytesIO(data)
+
+        def read(self, size):
+            return self.data.read(size)
+
+    vault = PosixVault(tmp_path / "vault")
+    data, recorder = os.urandom(3 * MIB + 1), Recorder()
+    with vault.writer("ab/file") as out:
+        assert sum(out.append(Plain(data), MIB, (recorder,))) == len(data)
+        out.commit()
+    assert recorder.result() == data and out.size == len(data)
     assert (tmp_path / "vault" / "ab" / "file").read_bytes() == data
 
 
-def mappings_of(path):
-    with open("/proc/self/maps") as maps:
-        return sum(1 for line in maps if line.rstrip().endswith(str(path)))
+def test_each_range_read_from_the_upload_leaves_the_page_cache(tmp_path, upload,
+                                                               monkeypatch):
+    """Ingest never reads the upload again: every range read is dropped from the page
+    cache, in order, none skipped (and nothing of the vault file: it never was there)."""
+    advised, real = [], os.posix_fadvise
 
+    def spy(fd, offset, length, advice):
+        advised.append((fd, offset, length, advice))
+        real(fd, offset, length, advice)
 
-def test_what_is_mapped_is_only_what_the_caller_still_holds(tmp_path, upload, monkeypatch):
-    """Ranges are unmapped once no piece of them is referenced: a 100 GB upload never
-    has more than a range or two of the vault file mapped."""
-    monkeypatch.setattr(vault_module, "KERNEL_RANGE", 2 * MIB)
+    monkeypatch.setattr(os, "posix_fadvise", spy)
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
-    most, held = 0, []
     with stream, vault.writer("ab/file") as out:
-        for piece in out.append(stream, MIB):
-            held = held[-1:] + [piece]  # like a checksummer one piece behind
-            most = max(most, mappings_of(out.tmp))
-        del piece, held
-        assert mappings_of(out.tmp) == 0
+        for _ in out.append(stream, MIB, ()):
+            pass
+        theirs = stream.stream.fileno()
         out.commit()
-    assert 1 <= most <= 2  # of 11 ranges
+    assert {a[0] for a in advised} == {theirs}
+    assert {a[3] for a in advised} == {os.POSIX_FADV_DONTNEED}
+    ranges = [(offset, length) for _, offset, length, _ in advised]
+    assert ranges[0][0] == 124 and sum(length for _, length in ranges) == len(upload) - 124
+    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False))
+
+
+def test_a_page_cache_hint_refused_changes_nothing(tmp_path, upload, monkeypatch):
+    def refuse(fd, offset, length, advice):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    vault = PosixVault(tmp_path / "vault")
+    stream, sha = opened(tmp_path), Checksummer("sha256")
+    with stream, vault.writer("ab/file") as out:
+        for _ in out.append(stream, MIB, (sha,)):
+            pass
+        stream.check_unchanged()
+        out.commit()
+    body = upload[124:]
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == body
+    assert sha.result()["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 def test_a_file_that_grows_while_copied_is_noticed(tmp_path, upload):
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
     with stream, vault.writer("ab/file") as out:
-        pieces = out.append(stream, MIB)
+        pieces = out.append(stream, MIB, ())
         next(pieces)
         with open(tmp_path / "inbox" / "alice" / "file.c4gh", "ab") as f:
             f.write(b"more")
@@ -203,65 +296,101 @@ def test_a_file_that_grows_while_copied_is_noticed(tmp_path, upload):
     assert info.value.code == "file_changed"
 
 
-def test_each_range_is_sent_to_the_disk_while_the_next_is_copied(tmp_path, upload,
-                                                                  monkeypatch):
-    """Every range but the last is handed to the disk's writeback as soon as the next
-    one is copied (the final fsync is left with one range), in order, none skipped. Each
-    range of the upload leaves the page cache once copied."""
-    monkeypatch.setattr(vault_module, "KERNEL_RANGE", 4 * MIB)
-    advised, real = [], os.posix_fadvise
-
-    def spy(fd, offset, length, advice):
-        advised.append((fd, offset, length, advice))
-        real(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", spy)  # the inbox's and the vault's
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-    with stream, vault.writer("ab/file") as out:
-        append_all(out, stream)
-        ours, theirs = out.f.fileno(), stream.stream.fileno()
-        out.commit()
-    body, dontneed = len(upload) - 124, os.POSIX_FADV_DONTNEED
-    ends = range(4 * MIB, body - body % (4 * MIB) + 1, 4 * MIB)
-    assert [a[1:] for a in advised if a[0] == ours] == [
-        (end - 4 * MIB, 4 * MIB, dontneed) for end in ends]
-    assert [a[1:] for a in advised if a[0] == theirs] == [
-        (124 + at, min(4 * MIB, body - at), dontneed) for at in range(0, body, 4 * MIB)]
-    assert {a[0] for a in advised} == {ours, theirs}
-
-
-def test_a_page_cache_hint_refused_changes_nothing(tmp_path, upload, monkeypatch):
-    """Dropping the upload's copied pages, and starting the vault's writeback early, are
-    hints: a file system that refuses them (EINVAL, the errno of a copy the kernel cannot
-    make) still gets the body once, whole."""
-    def refuse(fd, offset, length, advice):
-        raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(os, "posix_fadvise", refuse)
-    vault = PosixVault(tmp_path / "vault")
-    stream = opened(tmp_path)
-    with stream, vault.writer("ab/file") as out:
-        joined, digest, _ = append_all(out, stream)
-        stream.check_unchanged()
-        out.commit()
-    body = upload[124:]
-    assert joined == body and (tmp_path / "vault" / "ab" / "file").read_bytes() == body
-    assert digest == hashlib.sha256(body).hexdigest()
-
-
 def test_a_file_cut_short_while_copied_is_noticed(tmp_path, upload):
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
     with stream, vault.writer("ab/file") as out:
-        pieces = out.append(stream, MIB)
+        pieces = out.append(stream, MIB, ())
         next(pieces)
         os.truncate(tmp_path / "inbox" / "alice" / "file.c4gh", 12 * MIB)
-        assert sum(len(piece) for piece in pieces) < len(upload) - 124 - MIB
+        assert MIB + sum(pieces) < len(upload) - 124
         with pytest.raises(UserError) as info:
             stream.check_unchanged()
         out.abort()
     assert info.value.code == "file_changed"
+
+
+# a vault object read through (verify): read ahead, with O_DIRECT
+
+SIZES = [0, 1, 4095, 4096, 2 * MIB, 9 * MIB + 4097]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_object_read_through_gives_its_bytes_in_any_read_size(tmp_path, size):
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    data = os.urandom(size)
+    (tmp_path / "ab" / "f").write_bytes(data)
+    for read_size in (1000, MIB, 5 * MIB, -1):
+        with vault.open_to_read_through("ab/f") as stream:
+            parts = []
+            while piece := stream.read(read_size):
+                parts.append(piece)
+                if read_size < 0:
+                    assert stream.read(read_size) == b""
+        assert b"".join(parts) == data, read_size
+
+
+def test_reading_through_is_read_ahead_past_the_page_cache(tmp_path):
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "f").write_bytes(os.urandom(3 * MIB))
+    with vault.open_to_read_through("ab/f") as stream:
+        stream.read(10)
+        flags = vault_module.fcntl.fcntl(stream.fd, vault_module.fcntl.F_GETFL)
+        assert bool(flags & os.O_DIRECT) == direct_io_here(tmp_path)
+
+
+def test_an_object_read_through_and_left_early_stops_its_thread(tmp_path):
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "f").write_bytes(os.urandom(20 * MIB))
+    with vault.open_to_read_through("ab/f") as stream:
+        stream.read(10)
+    assert not stream.thread.is_alive() and stream.closed
+
+
+def test_o_direct_reads_refused_go_through_the_page_cache(tmp_path, monkeypatch):
+    real, refused = os.preadv, []
+
+    def refuse(fd, buffers, offset):
+        if vault_module.fcntl.fcntl(fd, vault_module.fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", refuse)
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    data = os.urandom(5 * MIB + 3)
+    (tmp_path / "ab" / "f").write_bytes(data)
+    with vault.open_to_read_through("ab/f") as stream:
+        assert stream.read(-1) == data
+    assert refused == ([0] if direct_io_here(tmp_path) else [])
+
+
+def test_a_read_error_reaches_the_reader(tmp_path, monkeypatch):
+    real = os.preadv
+
+    def broken(fd, buffers, offset):
+        if offset >= 2 * MIB:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", broken)
+    monkeypatch.setattr(vault_module, "READ_AHEAD_SIZE", MIB)
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "f").write_bytes(os.urandom(5 * MIB))
+    with pytest.raises(OSError) as info, vault.open_to_read_through("ab/f") as stream:
+        while stream.read(MIB):
+            pass
+    assert info.value.errno == errno.EIO
+
+
+def test_a_missing_object_is_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        PosixVault(tmp_path).open_to_read_through("ab/none")
 
 
 @pytest.mark.parametrize("asked", [False, True])
