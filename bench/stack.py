@@ -122,6 +122,12 @@ class BenchStack:
                         (status, list(users)))
             return {row["user"]: row["at"].timestamp() for row in cur.fetchall()}
 
+    def archive_path(self, user):
+        """Where the file of ``user`` is in the vault."""
+        with self.db.transaction() as cur:
+            cur.execute("SELECT archive_path FROM files WHERE submission_user = %s", (user,))
+            return cur.fetchone()["archive_path"]
+
     def wait(self, users, status, timeout=3600):
         deadline = time.monotonic() + timeout
         while True:
