@@ -36,7 +36,8 @@ def prove(store, path, size, sha256, what="the backup copy", progress_interval=0
         raise IntegrityError(f"{what} {path} has {actual} bytes, not {size} as archived")
     store.forget_cached(path)
     progress = Progress(f"reading back {what}", size, progress_interval)
-    with store.open(path) as stream, Checksummer("sha256", size_hint=size) as checksum:
+    with store.open_to_read_through(path) as stream, \
+            Checksummer("sha256", size_hint=size) as checksum:
         while chunk := stream.read(CHUNK):
             checksum.feed(chunk)
             progress.add(len(chunk))

@@ -149,3 +149,21 @@ def test_a_copy_cut_off_leaves_nothing(stores, monkeypatch):
         target.copy_reading_back(Stream(data, fail_after=500_000), "x", "ee/eeid",
                                  len(data), retry=False)
     assert not list(target.root.rglob("*eeid*"))
+
+
+def test_a_copy_is_read_back_from_the_disk_past_the_page_cache(stores, monkeypatch):
+    """The read-back (and fixity's) reads the folder's file through with O_DIRECT, read
+    ahead: it proves what the disk holds, and a pass over a whole archive leaves the
+    page cache alone."""
+    _, target = stores
+    data = os.urandom(5 * vault.MIB + 3)
+    put(target, "ab/f", data)
+    opened, real = [], vault._ReadAhead
+
+    def spy(path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(vault, "_ReadAhead", spy)
+    backup.prove(target, "ab/f", len(data), hashlib.sha256(data).hexdigest())
+    assert opened == [target.root / "ab/f"]
