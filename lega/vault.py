@@ -140,34 +140,54 @@ class _PosixWriter(VaultWriter):
     def append(self, source, chunk_size, readers):
         """From a source that reads into a buffer (``readinto``: an upload in a POSIX
         inbox, or in S3), the bytes are read into a few buffers used in turn, fed from
-        there to ``readers``, and written from there with O_DIRECT where the file system
-        allows it: the disk takes them from the buffer, not through the page cache, so
-        that the bytes are copied once in all (the read) and what the readers hash is
-        what was written. A buffer is filled again only once written and let go by every
-        reader (``after``). An upload of 100 GB takes no more memory than the buffers,
-        and evicts nothing from the page cache."""
+        there to ``readers``, and written from there, in order, by a thread of its own
+        (while the next buffer is read), with O_DIRECT where the file system allows it:
+        the disk takes them from the buffer, not through the page cache, so that the
+        bytes are copied once in all (the read) and what the readers hash is what was
+        written. A buffer is filled again only once written and let go by every reader
+        (``after``). An upload of 100 GB takes no more memory than the buffers, and
+        evicts nothing from the page cache. When the pieces end, all is written."""
         if not hasattr(source, "readinto"):
             yield from super().append(source, chunk_size, readers)
             return
         free = queue.SimpleQueue()  # buffers that nobody holds
         for _ in range(BUFFERS):
             free.put(mmap.mmap(-1, BUFFER_SIZE))  # touched only as far as filled
-        while True:
-            buffer = free.get()
-            filled = _read_into(source, buffer)
-            if not filled:
-                return
-            view = memoryview(buffer)[:filled]
-            for at in range(0, filled, chunk_size):
-                piece = view[at:at + chunk_size]
+        writes, failed = queue.SimpleQueue(), []
+
+        def write_in_turn():
+            while (item := writes.get()) is not None:
+                view, let_go = item
+                try:
+                    if not failed:  # after an error, only let the buffers go
+                        self._write_direct(view)
+                except BaseException as e:  # raised by the reading side
+                    failed.append(e)
+                let_go()
+
+        writer = threading.Thread(target=write_in_turn, name="vault-writer", daemon=True)
+        writer.start()
+        try:
+            while True:
+                buffer = free.get()
+                filled = 0 if failed else _read_into(source, buffer)
+                if not filled:
+                    break
+                view = memoryview(buffer)[:filled]
+                for at in range(0, filled, chunk_size):
+                    piece = view[at:at + chunk_size]
+                    for reader in readers:
+                        reader.feed(piece)
+                    yield len(piece)
+                let_go = _countdown(len(readers) + 1, lambda buffer=buffer: free.put(buffer))
                 for reader in readers:
-                    reader.feed(piece)
-                yield len(piece)
-            let_go = _countdown(len(readers) + 1, lambda buffer=buffer: free.put(buffer))
-            for reader in readers:
-                reader.after(let_go)
-            self._write_direct(view)
-            let_go()
+                    reader.after(let_go)
+                writes.put((view, let_go))
+        finally:
+            writes.put(None)
+            writer.join()
+        if failed:
+            raise failed[0]
 
     def _write_direct(self, view):
         """Write ``view`` at the end of the file, its aligned part with O_DIRECT where the

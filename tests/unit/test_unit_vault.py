@@ -103,6 +103,7 @@ def test_an_upload_is_written_with_o_direct_and_fed_to_every_reader(tmp_path, up
     sha, recorder = Checksummer("sha256"), Recorder()
     with stream, vault.writer("ab/file") as out:
         appended = list(out.append(stream, MIB, (sha, recorder)))
+        assert out.tmp.read_bytes() == upload[124:]  # all written when the pieces end
         stream.check_unchanged()  # every byte read counts
         direct = out.direct
         out.commit()
@@ -198,6 +199,7 @@ def test_other_errors_of_the_write_are_raised_and_nothing_is_left(tmp_path, uplo
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "pwrite", broken)
+    monkeypatch.setattr(vault_module, "BUFFERS", 1)
     vault = PosixVault(tmp_path / "vault")
     stream = opened(tmp_path)
     with pytest.raises(OSError) as info, stream, vault.writer("ab/file") as out:
@@ -205,6 +207,7 @@ def test_other_errors_of_the_write_are_raised_and_nothing_is_left(tmp_path, uplo
             pass
     assert info.value.errno == errno.EIO
     assert list((tmp_path / "vault" / "ab").iterdir()) == []
+    assert stream.read_so_far == 124 + 8 * MIB  # no more read once the write failed
 
 
 def test_a_body_appended_after_bytes_written_is_written_where_they_end(tmp_path, upload):
