@@ -1,4 +1,4 @@
-"""Issue 18's lead, measured outside lega: two ways to copy an upload's bytes into the
+"""Issue 18's lead, measured outside lega: ways to copy an upload's bytes into the
 vault while two sha256 threads hash them, on the same file from a cold cache, in
 interleaved rounds (wall, user and system CPU of the whole process):
 
@@ -6,7 +6,9 @@ interleaved rounds (wall, user and system CPU of the whole process):
   (two copies by the kernel: page cache to the buffer, the buffer to the page cache);
 - one copy in the kernel: ``os.copy_file_range`` of 8 MiB at a time from the upload to
   the vault file, the hash threads reading the vault file's pages just written, mapped
-  (``mmap``), not copied out: the bytes hashed are the bytes in the vault.
+  (``mmap``), not copied out: the bytes hashed are the bytes in the vault;
+- past the page cache: ``read`` into a few buffers used in turn, hashed there and
+  written from there with O_DIRECT (the disk takes the bytes from the buffer hashed).
 
     .venv/bin/python bench/ingest_copy_paths.py [--size-mib 1024] [--rounds 2]
 
@@ -34,6 +36,14 @@ ingest then verify), recycling only the upload's pages did best:
 ingest 1.63 s wall and 2.22 s CPU (medians), against 2.02 and 2.75 s without, and 1.82
 and 2.55 s recycling both; verify 1.92 s, as without (1.90), where recycling the vault
 file's pages too made verify read them from the disk (2.19 s). lega took the upload's.
+
+On 2026-12-04 (4 rounds, an hour when new memory was cheap): O_DIRECT from reused
+buffers (the upload read into three 8 MiB buffers, hashed there, written from there
+past the page cache) 1.32 to 1.37 s wall with 0.20 to 0.29 s system; with the writes on
+a thread of their own 1.04 to 1.12 s, 0.26 to 0.40 s; recycling the upload's pages
+0.95 to 0.99 s, 0.36 to 0.39 s. In lega's bench the same hour the page-cache way cost
+1.2 to 1.3 s a GiB in the kernel and O_DIRECT 0.3 to 0.5: lega took O_DIRECT, written
+on a thread.
 """
 
 import argparse
