@@ -36,6 +36,9 @@ BUFFER_SIZE, BUFFERS = 8 * 1024 * 1024, 3
 DIRECT_ALIGN = mmap.PAGESIZE
 # a file read through is read ahead into a few buffers, this large
 READ_AHEAD_SIZE, READ_AHEAD_BUFFERS = 2 * 1024 * 1024, 4
+# files this small or smaller are read and written through the page cache: for them,
+# the buffers and the threads cost more than they save
+DIRECT_ABOVE = 4 * 1024 * 1024
 
 
 class VaultWriter:
@@ -118,8 +121,8 @@ class Vault:
 
 
 class _PosixWriter(VaultWriter):
-    def __init__(self, final, retry):
-        self.final = final
+    def __init__(self, final, retry, size_hint=None):
+        self.final, self.size_hint = final, size_hint
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(f".{final.name}.*.part") if retry else ():
             LOG.info("removing %s, left by an earlier attempt", stale.name)
@@ -147,7 +150,8 @@ class _PosixWriter(VaultWriter):
         written. A buffer is filled again only once written and let go by every reader
         (``after``). An upload of 100 GB takes no more memory than the buffers, and
         evicts nothing from the page cache. When the pieces end, all is written."""
-        if not hasattr(source, "readinto"):
+        small = self.size_hint is not None and self.size_hint <= DIRECT_ABOVE
+        if small or not hasattr(source, "readinto"):  # DIRECT_ABOVE: read and written
             yield from super().append(source, chunk_size, readers)
             return
         free = queue.SimpleQueue()  # buffers that nobody holds
@@ -459,13 +463,16 @@ class PosixVault(Vault):
         return path
 
     def writer(self, archive_path, size_hint=None, retry=True):
-        return _PosixWriter(self._file(archive_path), retry)
+        return _PosixWriter(self._file(archive_path), retry, size_hint)
 
     def open(self, archive_path):
         return open(self._file(archive_path), "rb")
 
     def open_to_read_through(self, archive_path):
-        return _ReadAhead(self._file(archive_path))
+        path = self._file(archive_path)
+        if path.stat().st_size <= DIRECT_ABOVE:
+            return open(path, "rb")
+        return _ReadAhead(path)
 
     def size(self, archive_path):
         return self._file(archive_path).stat().st_size

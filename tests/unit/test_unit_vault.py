@@ -152,6 +152,23 @@ def test_an_upload_takes_no_more_memory_than_the_buffers(tmp_path, upload, monke
     assert made == [(-1, 2 * MIB)] * vault_module.BUFFERS  # for 11 buffers' worth
 
 
+def test_a_small_upload_is_read_and_written_through_the_page_cache(tmp_path, monkeypatch):
+    """For a small file (many at a time), the buffers and the writer thread cost more
+    than they save."""
+    (tmp_path / "inbox" / "alice").mkdir(parents=True)
+    data = os.urandom(124 + vault_module.DIRECT_ABOVE)
+    (tmp_path / "inbox" / "alice" / "file.c4gh").write_bytes(data)
+    threads = threading.active_count()
+    vault, stream, recorder = PosixVault(tmp_path / "vault"), opened(tmp_path), Recorder()
+    with stream, vault.writer("ab/file", vault_module.DIRECT_ABOVE) as out:
+        for _ in out.append(stream, MIB, (recorder,)):
+            assert threading.active_count() == threads + 1  # the recorder's only
+        assert out.direct is None  # never opened
+        out.commit()
+    assert recorder.result() == data[124:]
+    assert (tmp_path / "vault" / "ab" / "file").read_bytes() == data[124:]
+
+
 def test_a_file_system_without_o_direct_gets_the_same_bytes(tmp_path, upload, monkeypatch):
     real = os.open
 
@@ -319,13 +336,12 @@ SIZES = [0, 1, 4095, 4096, 2 * MIB, 9 * MIB + 4097]
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_an_object_read_through_gives_its_bytes_in_any_read_size(tmp_path, size):
-    vault = PosixVault(tmp_path)
+def test_an_object_read_ahead_gives_its_bytes_in_any_read_size(tmp_path, size):
     (tmp_path / "ab").mkdir()
     data = os.urandom(size)
     (tmp_path / "ab" / "f").write_bytes(data)
     for read_size in (1000, MIB, 5 * MIB, -1):
-        with vault.open_to_read_through("ab/f") as stream:
+        with vault_module._ReadAhead(tmp_path / "ab" / "f") as stream:
             parts = []
             while piece := stream.read(read_size):
                 parts.append(piece)
@@ -337,11 +353,21 @@ def test_an_object_read_through_gives_its_bytes_in_any_read_size(tmp_path, size)
 def test_reading_through_is_read_ahead_past_the_page_cache(tmp_path):
     vault = PosixVault(tmp_path)
     (tmp_path / "ab").mkdir()
-    (tmp_path / "ab" / "f").write_bytes(os.urandom(3 * MIB))
+    (tmp_path / "ab" / "f").write_bytes(os.urandom(vault_module.DIRECT_ABOVE + 1))
     with vault.open_to_read_through("ab/f") as stream:
         stream.read(10)
         flags = vault_module.fcntl.fcntl(stream.fd, vault_module.fcntl.F_GETFL)
         assert bool(flags & os.O_DIRECT) == direct_io_here(tmp_path)
+
+
+def test_a_small_object_is_read_through_the_page_cache(tmp_path):
+    """For a small file (verify of many), a thread and buffers cost more than they save."""
+    vault = PosixVault(tmp_path)
+    (tmp_path / "ab").mkdir()
+    data = os.urandom(vault_module.DIRECT_ABOVE)
+    (tmp_path / "ab" / "f").write_bytes(data)
+    with vault.open_to_read_through("ab/f") as stream:
+        assert not isinstance(stream, vault_module._ReadAhead) and stream.read() == data
 
 
 def test_an_object_read_through_and_left_early_stops_its_thread(tmp_path):
