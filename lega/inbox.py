@@ -49,20 +49,23 @@ class InboxFile:
 
     def read(self, size=-1):
         data = self.stream.read(size)
-        self.read_so_far += len(data)
+        self._was_read(len(data))
         return data
 
     def readinto(self, buffer):
-        """Read into ``buffer``, on from what was read; how many bytes, 0 at the end. What
-        was read leaves the page cache (ingest does not read it again): an upload of
-        100 GB does not push everything else out of the cache."""
-        fileno = self.stream.fileno()
+        """Read into ``buffer``, on from what was read; how many bytes, 0 at the end."""
         got = self.stream.readinto(buffer)
-        self.read_so_far += got
-        if got:
-            with contextlib.suppress(OSError):  # a hint
-                os.posix_fadvise(fileno, self.read_so_far - got, got, os.POSIX_FADV_DONTNEED)
+        self._was_read(got)
         return got
+
+    def _was_read(self, count):
+        """What was read leaves the page cache (ingest does not read it again): an
+        upload of 100 GB does not push everything else out of the cache."""
+        self.read_so_far += count
+        if count:
+            with contextlib.suppress(OSError):  # a hint
+                os.posix_fadvise(self.stream.fileno(), self.read_so_far - count, count,
+                                 os.POSIX_FADV_DONTNEED)
 
     def check_unchanged(self):
         if self._identity() != self._before or self.read_so_far != self.size:

@@ -424,11 +424,6 @@ class _ReadAhead(io.RawIOBase):
         self.at += len(piece)
         return piece
 
-    def readinto(self, buffer):
-        piece = self.read(len(buffer))
-        buffer[:len(piece)] = piece
-        return len(piece)
-
     def close(self):
         if not self.closed:
             self.stopping = True  # the thread stops before its next buffer

@@ -279,8 +279,27 @@ def test_each_range_read_from_the_upload_leaves_the_page_cache(tmp_path, upload,
     assert {a[0] for a in advised} == {theirs}
     assert {a[3] for a in advised} == {os.POSIX_FADV_DONTNEED}
     ranges = [(offset, length) for _, offset, length, _ in advised]
-    assert ranges[0][0] == 124 and sum(length for _, length in ranges) == len(upload) - 124
+    assert ranges[0] == (0, 124) and sum(length for _, length in ranges) == len(upload)
     assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False))
+
+
+def test_what_is_read_with_read_leaves_the_page_cache_too(tmp_path, upload, monkeypatch):
+    """The header, and a body appended by reading (a small one, or to an S3 vault)."""
+    advised, real = [], os.posix_fadvise
+
+    def spy(fd, offset, length, advice):
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    stream = opened(tmp_path)  # the header, by read()
+    with stream:
+        while stream.read(3 * MIB + 1):
+            pass
+    assert {a[2] for a in advised} == {os.POSIX_FADV_DONTNEED}
+    assert advised[0][:2] == (0, 124) and sum(a[1] for a in advised) == len(upload)
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(advised, advised[1:],
+                                                            strict=False))
 
 
 def test_a_page_cache_hint_refused_changes_nothing(tmp_path, upload, monkeypatch):
