@@ -388,7 +388,8 @@ class _ReadAhead(io.RawIOBase):
             while not self.stopping and (buffer := self.free.get()) is not None:
                 got = self._pread(buffer, offset)
                 self.filled.put((buffer, got))
-                if not got:
+                if got < len(buffer):  # the end (a short read of a file is its end)
+                    self.filled.put((buffer, 0))
                     return
                 offset += got
         except Exception as e:  # raised to the reader
@@ -397,8 +398,8 @@ class _ReadAhead(io.RawIOBase):
     def _pread(self, buffer, offset):
         try:
             return os.preadv(self.fd, [buffer], offset)
-        except OSError as e:  # O_DIRECT refused here (an unaligned offset after a short
-            if e.errno != errno.EINVAL:  # read): on through the page cache
+        except OSError as e:  # O_DIRECT refused for this file: on through the page cache
+            if e.errno != errno.EINVAL:
                 raise
             flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
             if not flags & getattr(os, "O_DIRECT", 0):
